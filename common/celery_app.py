@@ -1,0 +1,48 @@
+"""The Celery app shared by producer and workers: broker, serialisation, routing, reliability."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from common.settings import Settings, get_settings
+
+QUEUES = ("cpu", "gpu")
+INGEST_TASK = "ris.ingest_chunk"
+SEARCH_TASK = "ris.search"
+
+
+def make_app(settings: Settings) -> Celery:
+    """Build the Celery app for ``settings``."""
+    url = settings.redis_url.get_secret_value()
+    app = Celery("ris", broker=url, backend=url, include=["workers.tasks"])
+    app.conf.update(
+        # JSON only: a pickled message is rejected, never executed.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Routing: every task goes to the queue the producer names (cpu by default);
+        # a worker consumes the queues it is started with.
+        task_queues=[Queue(q) for q in QUEUES],
+        task_default_queue="cpu",
+        # A task is acknowledged after it ran, and requeued if its worker died, so a crash
+        # loses no chunk; writes are idempotent upserts, so a redelivery duplicates nothing.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        result_expires=settings.result_ttl_s,
+        result_extended=True,
+        # Events and STARTED state make tasks visible in Flower.
+        task_track_started=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_app(get_settings())

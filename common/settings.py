@@ -1,0 +1,89 @@
+"""The one typed settings object: every host, port, name and knob, read from ``RIS_*`` variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Metric = Literal["IP", "COSINE", "L2"]
+IndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the producer (CLI) and the workers.
+
+    Defaults run everything on one machine: a local Redis and a Milvus Lite file.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RIS_", env_file=".env", extra="ignore")
+
+    # --- queue -----------------------------------------------------------------------------
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Celery broker, result backend and job-progress store.",
+    )
+    # Seconds before a message taken but not acknowledged (worker died) is redelivered.
+    # Must exceed the longest chunk's processing time.
+    visibility_timeout_s: int = 3600
+    # Results and job progress expire after this long.
+    result_ttl_s: int = 7 * 24 * 3600
+
+    # --- vector store ----------------------------------------------------------------------
+    milvus_uri: str = Field(
+        "ris_data/milvus.db",
+        description="A local file path (Milvus Lite, served to all local processes over gRPC) "
+        "or http(s)://host:19530 for Milvus standalone/cluster.",
+    )
+    milvus_token: SecretStr | None = None
+    collection: str = "images"
+    metric: Metric = "IP"
+    index_type: IndexType = "FLAT"
+    index_params: dict[str, Any] = Field(default_factory=dict)
+    search_params: dict[str, Any] = Field(default_factory=dict)
+
+    # --- model -----------------------------------------------------------------------------
+    model: str = "efficientnet-lite0"
+    runtime: Literal["onnx", "torch"] = "onnx"
+    device: Literal["cpu", "cuda"] = "cpu"
+    # fp16 on CUDA only; ignored on CPU.
+    fp16: bool = False
+    model_cache_dir: Path = Path.home() / ".cache" / "ris"
+    # 0 lets onnxruntime pick (all cores); set 1 when running several worker processes.
+    inference_threads: int = 0
+    batch_size: int = 32
+    decode_threads: int = 2
+
+    # --- ingestion -------------------------------------------------------------------------
+    chunk_size: int = 64
+    # Decompression-bomb guard: images above this many pixels are refused, not decoded.
+    max_image_pixels: int = 100_000_000
+    max_file_bytes: int = 200 * 1024 * 1024
+    # Workers read only under these roots; empty means no restriction.
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    # --- queries ---------------------------------------------------------------------------
+    top_k: int = 10
+    max_query_bytes: int = 32 * 1024 * 1024
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        # A colon-separated list, like PATH.
+        if isinstance(value, str):
+            return [Path(p) for p in value.split(":") if p]
+        return value
+
+    @property
+    def milvus_is_lite(self) -> bool:
+        """True when ``milvus_uri`` names a local Milvus Lite file rather than a server."""
+        return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

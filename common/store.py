@@ -1,0 +1,206 @@
+"""The Milvus collection: its schema, writes, searches and the id -> path table.
+
+Each row is one image: ``id`` (int64 derived from the image's absolute path, so re-ingesting
+a file upserts the same row), its vector and the path table as scalar fields. The collection
+description records the model and dimension it was built with; opening it with another model
+is an error rather than a silent mix of incomparable vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_PATH_LENGTH = 4096
+SCALAR_FIELDS = ("path", "sha256", "width", "height", "ingested_at")
+# Milvus caps expression sizes; resolve and look-ups go in slices of this many ids.
+_IN_BATCH = 1000
+
+
+class SchemaMismatchError(RuntimeError):
+    """The collection was built with another model, dimension or metric."""
+
+
+def path_id(path: str) -> int:
+    """The row id for ``path``: a stable 63-bit hash of the absolute path or URL."""
+    digest = hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result, resolved to its stored scalar fields."""
+
+    id: int
+    score: float
+    path: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    ingested_at: int | None = None
+
+
+def milvus_uri(settings: Settings) -> str:
+    """The URI clients connect to: a Lite file is served once and shared by all processes."""
+    if settings.milvus_is_lite:
+        from common.lite_server import ensure_lite_server
+
+        return ensure_lite_server(settings.milvus_uri)
+    return settings.milvus_uri
+
+
+class ImageStore:
+    """The image collection in Milvus for one model."""
+
+    def __init__(self, settings: Settings, model: str, dim: int) -> None:
+        self.settings = settings
+        self.name = settings.collection
+        self.model = model
+        self.dim = dim
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        self.client = MilvusClient(uri=milvus_uri(settings), token=token)
+        self._ensure_collection()
+
+    # --- schema ----------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return {"model": self.model, "dim": self.dim, "metric": self.settings.metric}
+
+    def _ensure_collection(self) -> None:
+        if self.client.has_collection(self.name):
+            self._check_identity()
+            self.client.load_collection(self.name)
+            return
+        schema = self.client.create_schema(
+            auto_id=False, description=json.dumps(self._identity())
+        )
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LENGTH)
+        schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("width", DataType.INT32)
+        schema.add_field("height", DataType.INT32)
+        schema.add_field("ingested_at", DataType.INT64)  # unix milliseconds
+        index = self.client.prepare_index_params()
+        index.add_index(
+            "vector",
+            index_type=self.settings.index_type,
+            metric_type=self.settings.metric,
+            params=self.settings.index_params,
+        )
+        try:
+            self.client.create_collection(self.name, schema=schema, index_params=index)
+        except Exception:
+            # Another process created it between our check and create: that is fine.
+            if not self.client.has_collection(self.name):
+                raise
+            self._check_identity()
+        self.client.load_collection(self.name)
+        log.info("collection %s ready (%s)", self.name, self._identity())
+
+    def _check_identity(self) -> None:
+        desc = self.client.describe_collection(self.name)
+        try:
+            found = json.loads(desc.get("description") or "{}")
+        except ValueError:
+            found = {}
+        expected = self._identity()
+        if found != expected:
+            raise SchemaMismatchError(
+                f"collection {self.name!r} holds {found or 'unknown vectors'}, but this process "
+                f"uses {expected}. Use another RIS_COLLECTION, or drop it with "
+                f"`ris drop --yes` to re-index with the new model."
+            )
+
+    # --- writes ----------------------------------------------------------------------------
+    def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery."""
+        if rows:
+            self.client.upsert(self.name, [_plain(r) for r in rows])
+
+    def delete_ids(self, ids: Iterable[int]) -> int:
+        """Delete rows by id; returns how many ids were asked for."""
+        ids = list(ids)
+        for start in range(0, len(ids), _IN_BATCH):
+            self.client.delete(self.name, ids=ids[start : start + _IN_BATCH])
+        return len(ids)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every row whose path starts with ``prefix``; returns the count deleted."""
+        escaped = prefix.replace("\\", "\\\\").replace('"', '\\"').replace("%", "\\%")
+        rows = self.client.query(self.name, filter=f'path like "{escaped}%"', output_fields=["id"])
+        return self.delete_ids(int(r["id"]) for r in rows)
+
+    def flush(self) -> None:
+        """Seal growing segments: searches over flushed data are much faster."""
+        self.client.flush(self.name)
+
+    def drop(self) -> None:
+        """Drop the whole collection."""
+        self.client.drop_collection(self.name)
+
+    # --- reads -----------------------------------------------------------------------------
+    def known_hashes(self, ids: Sequence[int]) -> dict[int, str]:
+        """``id -> sha256`` of the given ids already stored (to skip unchanged files)."""
+        out: dict[int, str] = {}
+        for start in range(0, len(ids), _IN_BATCH):
+            part = ids[start : start + _IN_BATCH]
+            rows = self.client.query(
+                self.name, filter=f"id in {list(part)}", output_fields=["id", "sha256"]
+            )
+            out.update({int(r["id"]): str(r["sha256"]) for r in rows})
+        return out
+
+    def search(self, vectors: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
+        """Nearest ids and scores for each query vector (IP/COSINE: higher is closer)."""
+        result = self.client.search(
+            self.name,
+            data=[v.tolist() for v in np.atleast_2d(vectors)],
+            limit=top_k,
+            search_params={"metric_type": self.settings.metric,
+                           "params": self.settings.search_params},
+            output_fields=[],
+        )
+        return [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in result]
+
+    def resolve(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The scalar fields (path, sha256, size, time) of each id that exists."""
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), _IN_BATCH):
+            part = [int(i) for i in ids[start : start + _IN_BATCH]]
+            rows = self.client.query(
+                self.name, filter=f"id in {part}", output_fields=["id", *SCALAR_FIELDS]
+            )
+            out.update({int(r["id"]): {k: r[k] for k in SCALAR_FIELDS} for r in rows})
+        return out
+
+    def count(self) -> int:
+        """Number of rows (exact, counts unflushed rows too)."""
+        rows = self.client.query(self.name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    vec = row["vector"]
+    return {**row, "vector": vec.tolist() if isinstance(vec, np.ndarray) else list(vec)}
+
+
+def open_store(settings: Settings) -> ImageStore:
+    """The store for the configured model (its dimension comes from the model registry)."""
+    from common.models import get_spec
+
+    spec = get_spec(settings.model)
+    return ImageStore(settings, spec.name, spec.dim)

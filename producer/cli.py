@@ -1,0 +1,262 @@
+"""The ``ris`` command line: ingest, status, search, result, worker, delete, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from common.settings import get_settings
+
+log = logging.getLogger("ris")
+
+
+def _producer() -> Any:
+    from producer.client import Producer
+
+    return Producer(get_settings())
+
+
+def _print_progress_line(p: Any) -> None:
+    state = "finished" if p.finished else ("enqueueing" if not p.enqueue_finished else "running")
+    print(f"job {p.job_id}: {state}: {p.processed}/{p.total} processed "
+          f"({p.indexed} indexed, {p.unchanged} unchanged, {p.failed} failed, "
+          f"{p.pending} pending)")
+
+
+def _print_failures(failures: dict[str, str], limit: int | None = 20) -> None:
+    items = list(failures.items())
+    for path, reason in items[:limit] if limit else items:
+        print(f"  FAILED {path}: {reason}")
+    if limit and len(items) > limit:
+        print(f"  ... and {len(items) - limit} more (ris status JOB --failures)")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from producer.inputs import expand_inputs
+
+    producer = _producer()
+    paths = expand_inputs(args.inputs)
+    job_id = args.job_id or os.urandom(6).hex()
+    print(f"job {job_id}: enqueueing to queue {args.queue!r}", flush=True)
+    job_id = producer.ingest(paths, queue=args.queue, job_id=job_id)
+    progress = producer.progress(job_id)
+    print(f"job {job_id}: {progress.total} paths enqueued", flush=True)
+    if args.no_wait or progress.total == 0:
+        return 0
+    if not producer.workers_online():
+        print("warning: no worker answers; start one with `ris worker --queue "
+              f"{args.queue}`", file=sys.stderr)
+    with tqdm(total=progress.total, unit="img", disable=args.quiet) as bar:
+
+        def update(p: Any) -> None:
+            bar.total = p.total
+            bar.set_postfix(failed=p.failed, unchanged=p.unchanged, refresh=False)
+            bar.update(p.processed - bar.n)
+
+        progress = producer.wait(job_id, timeout_s=args.timeout, on_progress=update)
+    _print_progress_line(progress)
+    _print_failures(producer.failures(job_id))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    producer = _producer()
+    try:
+        progress = producer.progress(args.job)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    failures = producer.failures(args.job)
+    if args.json:
+        print(json.dumps({**asdict(progress), "finished": progress.finished,
+                          "pending": progress.pending, "failures": failures}, indent=2))
+        return 0
+    _print_progress_line(progress)
+    _print_failures(failures, limit=None if args.failures else 20)
+    return 0
+
+
+def _show_results(results: list[Any], args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        for res in results:
+            print(f"query: {res.query}")
+            if res.error:
+                print(f"  error: {res.error}")
+                continue
+            for rank, hit in enumerate(res.hits, 1):
+                print(f"  {rank:>3}  score={hit.score:.4f}  id={hit.id}  {hit.path}")
+    if getattr(args, "show", None):
+        from producer.grid import draw_grid
+
+        print(f"grid saved to {draw_grid([r for r in results if not r.error], args.show)}")
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from producer.client import QueryError, QueryResult
+
+    producer = _producer()
+    top_k = args.top_k or get_settings().top_k
+    if args.no_wait:
+        for path in args.images:
+            try:
+                print(f"{producer.submit_query(path, top_k, args.queue)}  {path}")
+            except QueryError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+        return 0
+    results: list[QueryResult] = producer.search(args.images, top_k, args.queue, args.timeout)
+    return _show_results(results, args)
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    producer = _producer()
+    return _show_results([producer.collect(t, args.timeout) for t in args.task_ids], args)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    run_worker(args.queue, args.concurrency, args.loglevel, args.hostname)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from common.store import path_id
+    from producer.inputs import expand_inputs
+
+    store = _producer().store
+    if args.prefix:
+        deleted = sum(store.delete_prefix(os.path.abspath(p)) for p in args.paths)
+    else:
+        deleted = store.delete_ids(path_id(p) for p in expand_inputs(args.paths))
+    print(f"deleted {deleted} row(s); {store.count()} remain")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    store = _producer().store
+    print(json.dumps({"collection": store.name, "model": store.model, "dim": store.dim,
+                      "metric": settings.metric, "index": settings.index_type,
+                      "rows": store.count(), "milvus": settings.milvus_uri}, indent=2))
+    return 0
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("refusing to drop without --yes", file=sys.stderr)
+        return 2
+    from pymilvus import MilvusClient
+
+    from common.store import milvus_uri
+
+    settings = get_settings()
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    MilvusClient(uri=milvus_uri(settings), token=token).drop_collection(settings.collection)
+    print(f"dropped collection {settings.collection!r}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from producer.demo import run_demo
+
+    return run_demo(args.folder, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ris", description="Distributed reverse image search.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="index images: folders, globs, list files (.txt/.csv)")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--job-id", help="reuse a job id (resume an interrupted ingest)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("status", help="progress and failures of an ingest job")
+    p.add_argument("job")
+    p.add_argument("--failures", action="store_true", help="list every failure")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("search", help="find the indexed images most similar to each image")
+    p.add_argument("images", nargs="+")
+    p.add_argument("-k", "--top-k", type=int, default=None)
+    p.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--no-wait", action="store_true", help="print task ids; see `ris result`")
+    p.add_argument("--show", metavar="GRID.png", help="draw the query and matches to a picture")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("result", help="fetch the results of query tasks submitted earlier")
+    p.add_argument("task_ids", nargs="+")
+    p.add_argument("--show", metavar="GRID.png")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_result)
+
+    p = sub.add_parser("worker", help="run a Celery worker")
+    p.add_argument("--queue", action="append", choices=["cpu", "gpu"],
+                   help="queue(s) to consume (default cpu)")
+    p.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--hostname", help="worker name, e.g. cpu1@%%h")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("delete", help="remove images from the index")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--prefix", action="store_true", help="delete every path under each prefix")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("info", help="collection, model and row count")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("drop", help="drop the collection (all indexed images)")
+    p.add_argument("--yes", action="store_true")
+    p.set_defaults(func=cmd_drop)
+
+    p = sub.add_parser("demo", help="index sample photos and answer a query, all local")
+    p.add_argument("folder", nargs="?", help="images to index (default: bundled sample photos)")
+    p.add_argument("--out", default="ris_data/demo_grid.png", help="result grid picture")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ris`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "worker" and not args.queue:
+        args.queue = ["cpu"]
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command == "worker" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from common.store import SchemaMismatchError
+
+        if isinstance(exc, (SchemaMismatchError, TimeoutError, ConnectionError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

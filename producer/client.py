@@ -1,0 +1,156 @@
+"""The producer side of the queue: enqueue ingest jobs, submit queries, collect results.
+
+It sends tasks by name, so the producer never imports the model or worker code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery.result import AsyncResult
+
+from common.celery_app import INGEST_TASK, SEARCH_TASK, app
+from common.jobs import JobProgress, JobTracker
+from common.settings import Settings
+from common.store import Hit, ImageStore, open_store
+
+
+class QueryError(ValueError):
+    """A query image that cannot be searched; the message says why."""
+
+
+@dataclass
+class QueryResult:
+    """The ranked matches of one query image."""
+
+    query: str
+    hits: list[Hit] = field(default_factory=list)
+    error: str | None = None
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+class Producer:
+    """Submits work to the workers and reads its progress and results."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url.get_secret_value())
+        self.tracker = JobTracker(self.redis, settings.result_ttl_s)
+        self._store: ImageStore | None = None
+
+    @property
+    def store(self) -> ImageStore:
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
+
+    # --- ingestion -------------------------------------------------------------------------
+    def ingest(self, paths: Iterable[str], queue: str = "cpu", job_id: str | None = None,
+               on_enqueued: Callable[[int], None] | None = None) -> str:
+        """Enqueue ``paths`` in chunks and return the job id.
+
+        Chunk task ids derive from the job id and chunk number, so re-running an interrupted
+        ``ingest`` with the same job id re-sends the same chunks (no duplicates: writes are
+        upserts keyed by path).
+        """
+        job_id = job_id or os.urandom(6).hex()
+        self.tracker.create(job_id, queue)
+        total = 0
+        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size)):
+            app.send_task(INGEST_TASK, args=(job_id, chunk), queue=queue,
+                          task_id=f"{job_id}-{number:06d}",
+                          argsrepr=f"(job={job_id}, chunk #{number}: {len(chunk)} paths, "
+                                   f"first {os.path.basename(chunk[0])!r})")
+            total += len(chunk)
+            self.tracker.set_total(job_id, total, finished=False)
+            if on_enqueued:
+                on_enqueued(total)
+        self.tracker.set_total(job_id, total, finished=True)
+        return job_id
+
+    def progress(self, job_id: str) -> JobProgress:
+        return self.tracker.progress(job_id)
+
+    def failures(self, job_id: str) -> dict[str, str]:
+        return self.tracker.failures(job_id)
+
+    def wait(self, job_id: str, timeout_s: float | None = None, poll_s: float = 0.25,
+             on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
+        """Block until every path of the job is processed; TimeoutError past ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            progress = self.progress(job_id)
+            if on_progress:
+                on_progress(progress)
+            if progress.finished:
+                return progress
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not finished after {timeout_s}s: "
+                                   f"{progress.pending} of {progress.total} pending")
+            time.sleep(poll_s)
+
+    # --- queries ---------------------------------------------------------------------------
+    def submit_query(self, image_path: str, top_k: int, queue: str = "cpu") -> str:
+        """Send one query image (its bytes travel with the task) and return the task id."""
+        try:
+            size = os.path.getsize(image_path)
+            if size > self.settings.max_query_bytes:
+                raise QueryError(f"{image_path}: {size:,} bytes exceeds the query limit of "
+                                 f"{self.settings.max_query_bytes:,}")
+            with open(image_path, "rb") as fh:
+                data = fh.read()
+        except IsADirectoryError:
+            raise QueryError(f"{image_path}: is a directory, not an image") from None
+        except OSError as exc:
+            raise QueryError(f"{image_path}: {exc.strerror or exc}") from None
+        task_id = f"q-{hashlib.sha1(data).hexdigest()[:8]}-{os.urandom(4).hex()}"
+        app.send_task(SEARCH_TASK, args=(os.path.abspath(image_path),
+                                         base64.b64encode(data).decode("ascii"), top_k),
+                      queue=queue, task_id=task_id,
+                      argsrepr=f"(query={os.path.basename(image_path)!r}, top_k={top_k})")
+        return task_id
+
+    def collect(self, task_id: str, timeout_s: float | None = 120.0) -> QueryResult:
+        """Wait for a query task and resolve its result ids to paths stored in Milvus."""
+        payload: dict[str, Any] = AsyncResult(task_id, app=app).get(timeout=timeout_s)
+        return self.resolve(payload)
+
+    def resolve(self, payload: dict[str, Any]) -> QueryResult:
+        """Turn a query task's ``[id, score]`` pairs into hits with their paths."""
+        if payload.get("error"):
+            return QueryResult(payload["query"], error=payload["error"])
+        pairs = [(int(i), float(s)) for i, s in payload["hits"]]
+        fields = self.store.resolve([i for i, _ in pairs])
+        hits = [Hit(i, s, **fields[i]) for i, s in pairs if i in fields]
+        return QueryResult(payload["query"], hits, timing_ms=payload.get("timing_ms", {}))
+
+    def search(self, image_paths: list[str], top_k: int, queue: str = "cpu",
+               timeout_s: float | None = 120.0) -> list[QueryResult]:
+        """Submit all queries at once, then collect them in order."""
+        submitted: list[tuple[str, str | None, str | None]] = []
+        for path in image_paths:
+            try:
+                submitted.append((path, self.submit_query(path, top_k, queue), None))
+            except QueryError as exc:
+                submitted.append((path, None, str(exc)))
+        return [self.collect(task_id, timeout_s) if task_id else QueryResult(path, error=err)
+                for path, task_id, err in submitted]
+
+    def workers_online(self, timeout_s: float = 1.0) -> list[str]:
+        """Names of the workers that answer a ping."""
+        replies = app.control.ping(timeout=timeout_s) or []
+        return sorted(name for reply in replies for name in reply)

@@ -1,0 +1,54 @@
+"""Draw a query image beside its matches, each captioned with its score, in one picture."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from common.images import ImageError, open_rgb
+from producer.client import QueryResult
+
+_TILE = 224
+_CAPTION = 34
+_PAD = 8
+_MAX_PIXELS = 100_000_000
+
+
+def _tile(path: str | None) -> Image.Image:
+    tile = Image.new("RGB", (_TILE, _TILE), (235, 235, 235))
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                img = open_rgb(fh.read(), _MAX_PIXELS, target=_TILE)
+            img.thumbnail((_TILE, _TILE))
+            tile.paste(img, ((_TILE - img.width) // 2, (_TILE - img.height) // 2))
+        except (OSError, ImageError):
+            ImageDraw.Draw(tile).text((10, _TILE // 2), "(unreadable)", fill=(120, 0, 0))
+    return tile
+
+
+def draw_grid(results: list[QueryResult], out: str | Path, columns: int = 5) -> Path:
+    """One row block per query: the query first, then its ranked matches with scores."""
+    font = ImageFont.load_default(size=13)
+    rows: list[list[tuple[str | None, str]]] = []
+    for res in results:
+        cells = [(res.query, f"query: {os.path.basename(res.query)}")]
+        cells += [(h.path, f"#{rank} {h.score:.3f}  {os.path.basename(h.path or '?')}")
+                  for rank, h in enumerate(res.hits, 1)]
+        rows += [cells[i : i + columns + 1] for i in range(0, len(cells), columns + 1)]
+    width = (columns + 1) * (_TILE + _PAD) + _PAD
+    height = max(1, len(rows)) * (_TILE + _CAPTION + _PAD) + _PAD
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, cells in enumerate(rows):
+        y = _PAD + r * (_TILE + _CAPTION + _PAD)
+        for c, (path, caption) in enumerate(cells):
+            x = _PAD + c * (_TILE + _PAD)
+            canvas.paste(_tile(path), (x, y))
+            draw.text((x + 2, y + _TILE + 4), caption[:34], fill="black", font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out

@@ -1,0 +1,163 @@
+"""Celery tasks: index a chunk of image paths, and answer a query image.
+
+Each worker process loads the model, the pipeline and the Milvus client once
+(:func:`context`), not per task.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery import Task
+from celery.signals import worker_process_init
+from pymilvus.exceptions import MilvusException
+
+from common.celery_app import INGEST_TASK, SEARCH_TASK, app
+from common.jobs import JobTracker
+from common.pipeline import EmbeddingPipeline
+from common.settings import Settings, get_settings
+from common.sources import SourceError, read_source
+from common.store import ImageStore, open_store, path_id
+
+log = logging.getLogger(__name__)
+
+# Failures of the vector store or the network are worth retrying; bad input is not.
+RETRYABLE = (MilvusException, OSError)  # OSError covers ConnectionError, TimeoutError
+MAX_RETRIES = 8
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process loads once."""
+
+    settings: Settings
+    pipeline: EmbeddingPipeline
+    tracker: JobTracker
+    _store: ImageStore | None = None
+
+    @property
+    def store(self) -> ImageStore:
+        # Opened on first use, so a worker starts (and loads its model) while Milvus is down.
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
+
+    def reset_store(self) -> None:
+        self._store = None
+
+
+@lru_cache(maxsize=1)
+def context() -> WorkerContext:
+    """The process-wide worker context."""
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    return WorkerContext(settings, EmbeddingPipeline(settings),
+                         JobTracker(client, settings.result_ttl_s))
+
+
+@worker_process_init.connect
+def _load_model(**_: Any) -> None:
+    # Load in each pool process at start, so the first task does not pay for it.
+    context()
+
+
+class IngestTask(Task):
+    """Reports a chunk whose retries ran out as failed, path by path, instead of hanging."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        job_id, paths = _ingest_args(args, kwargs)
+        reason = f"not indexed: {type(exc).__name__}: {exc}"
+        log.error("chunk of job %s failed for good (%d paths): %s", job_id, len(paths), reason)
+        try:
+            context().tracker.mark(job_id, [], [], dict.fromkeys(paths, reason))
+        except Exception:
+            log.exception("could not record the failure of job %s", job_id)
+
+
+def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
+    params = dict(zip(("job_id", "paths"), args or (), strict=False)) | dict(kwargs or {})
+    return str(params.get("job_id")), list(params.get("paths") or [])
+
+
+@app.task(name=INGEST_TASK, bind=True, base=IngestTask, autoretry_for=RETRYABLE,
+          retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=MAX_RETRIES)
+def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
+    """Read, embed and upsert ``paths``; record each path's outcome in the job's progress."""
+    ctx = context()
+    started = time.perf_counter()
+    failed: dict[str, str] = {}
+    payload: dict[str, tuple[bytes, str]] = {}
+    for path in paths:
+        try:
+            data = read_source(path, ctx.settings)
+        except SourceError as exc:
+            failed[path] = str(exc)
+            continue
+        payload[path] = (data, hashlib.sha256(data).hexdigest())
+
+    try:
+        known = ctx.store.known_hashes([path_id(p) for p in payload])
+    except RETRYABLE:
+        ctx.reset_store()
+        raise
+    unchanged = [p for p, (_, sha) in payload.items() if known.get(path_id(p)) == sha]
+    todo = [(p, data) for p, (data, sha) in payload.items() if known.get(path_id(p)) != sha]
+
+    now_ms = int(time.time() * 1000)
+    rows: list[dict[str, Any]] = []
+    for res in ctx.pipeline(todo):
+        if res.error is not None:
+            failed[res.key] = res.error
+            continue
+        rows.append({
+            "id": path_id(res.key), "vector": res.vector, "path": res.key,
+            "sha256": payload[res.key][1], "width": res.width, "height": res.height,
+            "ingested_at": now_ms,
+        })
+    try:
+        ctx.store.upsert(rows)
+    except RETRYABLE:
+        ctx.reset_store()
+        raise
+    indexed = [r["path"] for r in rows]
+    ctx.tracker.mark(job_id, indexed, unchanged, failed)
+    for path, reason in failed.items():
+        log.warning("job %s: %s: %s", job_id, path, reason)
+    log.info("job %s: chunk of %d: %d indexed, %d unchanged, %d failed in %.2fs", job_id,
+             len(paths), len(indexed), len(unchanged), len(failed),
+             time.perf_counter() - started)
+    return {"job_id": job_id, "indexed": len(indexed), "unchanged": len(unchanged),
+            "failed": len(failed)}
+
+
+@app.task(name=SEARCH_TASK, autoretry_for=(MilvusException, ConnectionError), retry_backoff=1,
+          max_retries=3)
+def search(name: str, image_b64: str, top_k: int) -> dict[str, Any]:
+    """Embed one query image and return the ids and scores of its nearest indexed images."""
+    ctx = context()
+    started = time.perf_counter()
+    result = ctx.pipeline([(name, base64.b64decode(image_b64))])[0]
+    if result.error is not None:
+        return {"query": name, "error": result.error}
+    embedded = time.perf_counter()
+    try:
+        hits = ctx.store.search(result.vector, top_k)[0]
+    except RETRYABLE:
+        ctx.reset_store()
+        raise
+    done = time.perf_counter()
+    return {
+        "query": name,
+        "hits": [[i, score] for i, score in hits],
+        "metric": ctx.settings.metric,
+        "timing_ms": {"embed": round((embedded - started) * 1000, 2),
+                      "search": round((done - embedded) * 1000, 2)},
+    }
