@@ -64,11 +64,13 @@ class JobTracker:
 
     def set_total(self, job_id: str, total: int, finished: bool) -> None:
         """Record how many paths are enqueued, and whether that is all of them."""
-        self.r.hset(self._keys(job_id)[0],
-                    mapping={"total": total, "enqueue_finished": int(finished)})
+        self.r.hset(
+            self._keys(job_id)[0], mapping={"total": total, "enqueue_finished": int(finished)}
+        )
 
-    def mark(self, job_id: str, indexed: list[str], unchanged: list[str],
-             failed: dict[str, str]) -> None:
+    def mark(
+        self, job_id: str, indexed: list[str], unchanged: list[str], failed: dict[str, str]
+    ) -> None:
         """Record the outcome of paths of a chunk; marking twice counts once."""
         _, k_idx, k_unch, k_fail = self._keys(job_id)
         pipe = self.r.pipeline()

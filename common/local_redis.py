@@ -15,8 +15,11 @@ import redis
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     """True when a Redis server answers PING at ``url``."""
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                         socket_connect_timeout=timeout_s).ping())
+        return bool(
+            redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            ).ping()
+        )
     except (redis.RedisError, OSError):
         return False
 
@@ -27,17 +30,32 @@ def start_redis(
     """Start ``redis-server`` on a spare loopback port; returns its URL and process."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("no Redis answers and redis-server is not installed "
-                           "(apt-get install redis-server, or set RIS_REDIS_URL)")
+        raise RuntimeError(
+            "no Redis answers and redis-server is not installed "
+            "(apt-get install redis-server, or set RIS_REDIS_URL)"
+        )
     if port is None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
     workdir = workdir or Path(tempfile.mkdtemp(prefix="ris-redis-"))
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10

@@ -124,19 +124,22 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
 
 
+# Bump when the exported graph changes, so that cached exports are rebuilt.
+_EXPORT_VERSION = 2
+
+
 def export_onnx(spec: ModelSpec, cache_dir: Path) -> Path:
     """Export ``spec``'s feature extractor to ONNX once and return the cached file."""
     import torch
 
-    key = hashlib.sha1(f"{spec.weights_id()}|{torch.__version__}".encode()).hexdigest()[:12]
+    key = f"{_EXPORT_VERSION}|{spec.weights_id()}|{torch.__version__}"
+    key = hashlib.sha1(key.encode()).hexdigest()[:12]
     target = cache_dir / f"{spec.name}-{key}.onnx"
     if target.exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX at %s (once)", spec.name, target)
     model = spec.load()
-    if hasattr(model, "net") and hasattr(model.net, "set_swish"):
-        model.net.set_swish(memory_efficient=False)  # the custom autograd swish cannot export
     dummy = torch.zeros(1, 3, spec.input_size, spec.input_size)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     with torch.no_grad(), warnings.catch_warnings():
@@ -223,8 +226,14 @@ _EMBEDDERS_LOCK = threading.Lock()
 
 def get_embedder(settings: Settings) -> Embedder:
     """The process-wide Embedder for these settings: the model is loaded once per process."""
-    key = (settings.model, settings.runtime, settings.device, settings.fp16,
-           str(settings.model_cache_dir), settings.inference_threads)
+    key = (
+        settings.model,
+        settings.runtime,
+        settings.device,
+        settings.fp16,
+        str(settings.model_cache_dir),
+        settings.inference_threads,
+    )
     with _EMBEDDERS_LOCK:
         if key not in _EMBEDDERS:
             _EMBEDDERS[key] = Embedder(settings)

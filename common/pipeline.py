@@ -44,8 +44,9 @@ class DecodeOp:
 
     def __call__(self, key: str, data: bytes) -> tuple[str, DecodedImage | str]:
         try:
-            return key, decode(data, self.spec.input_size, self.spec.mean, self.spec.std,
-                               self.max_pixels)
+            return key, decode(
+                data, self.spec.input_size, self.spec.mean, self.spec.std, self.max_pixels
+            )
         except ImageError as exc:
             return key, str(exc)
         except Exception as exc:  # never let one file fail the batch
@@ -95,11 +96,13 @@ class EmbeddingPipeline:
         self._pipe: Any = (
             pipe.input("items")
             .flat_map("items", ("key", "data"), lambda items: list(items))
-            .map(("key", "data"), ("key", "decoded"),
-                 ops.ris.decode(settings.model, settings.max_image_pixels),
-                 config={"parallel": max(1, settings.decode_threads)})
-            .window_all(("key", "decoded"), "results",
-                        ops.ris.embed(settings))
+            .map(
+                ("key", "data"),
+                ("key", "decoded"),
+                ops.ris.decode(settings.model, settings.max_image_pixels),
+                config={"parallel": max(1, settings.decode_threads)},
+            )
+            .window_all(("key", "decoded"), "results", ops.ris.embed(settings))
             .output("results")
         )
 

@@ -81,9 +81,7 @@ class ImageStore:
             self._check_identity()
             self.client.load_collection(self.name)
             return
-        schema = self.client.create_schema(
-            auto_id=False, description=json.dumps(self._identity())
-        )
+        schema = self.client.create_schema(auto_id=False, description=json.dumps(self._identity()))
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LENGTH)
@@ -167,8 +165,10 @@ class ImageStore:
             self.name,
             data=[v.tolist() for v in np.atleast_2d(vectors)],
             limit=top_k,
-            search_params={"metric_type": self.settings.metric,
-                           "params": self.settings.search_params},
+            search_params={
+                "metric_type": self.settings.metric,
+                "params": self.settings.search_params,
+            },
             output_fields=[],
         )
         return [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in result]

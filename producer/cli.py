@@ -23,9 +23,11 @@ def _producer() -> Any:
 
 def _print_progress_line(p: Any) -> None:
     state = "finished" if p.finished else ("enqueueing" if not p.enqueue_finished else "running")
-    print(f"job {p.job_id}: {state}: {p.processed}/{p.total} processed "
-          f"({p.indexed} indexed, {p.unchanged} unchanged, {p.failed} failed, "
-          f"{p.pending} pending)")
+    print(
+        f"job {p.job_id}: {state}: {p.processed}/{p.total} processed "
+        f"({p.indexed} indexed, {p.unchanged} unchanged, {p.failed} failed, "
+        f"{p.pending} pending)"
+    )
 
 
 def _print_failures(failures: dict[str, str], limit: int | None = 20) -> None:
@@ -51,8 +53,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.no_wait or progress.total == 0:
         return 0
     if not producer.workers_online():
-        print("warning: no worker answers; start one with `ris worker --queue "
-              f"{args.queue}`", file=sys.stderr)
+        print(
+            f"warning: no worker answers; start one with `ris worker --queue {args.queue}`",
+            file=sys.stderr,
+        )
     with tqdm(total=progress.total, unit="img", disable=args.quiet) as bar:
 
         def update(p: Any) -> None:
@@ -75,8 +79,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     failures = producer.failures(args.job)
     if args.json:
-        print(json.dumps({**asdict(progress), "finished": progress.finished,
-                          "pending": progress.pending, "failures": failures}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **asdict(progress),
+                    "finished": progress.finished,
+                    "pending": progress.pending,
+                    "failures": failures,
+                },
+                indent=2,
+            )
+        )
         return 0
     _print_progress_line(progress)
     _print_failures(failures, limit=None if args.failures else 20)
@@ -145,9 +158,20 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     settings = get_settings()
     store = _producer().store
-    print(json.dumps({"collection": store.name, "model": store.model, "dim": store.dim,
-                      "metric": settings.metric, "index": settings.index_type,
-                      "rows": store.count(), "milvus": settings.milvus_uri}, indent=2))
+    print(
+        json.dumps(
+            {
+                "collection": store.name,
+                "model": store.model,
+                "dim": store.dim,
+                "metric": settings.metric,
+                "index": settings.index_type,
+                "rows": store.count(),
+                "milvus": settings.milvus_uri,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -210,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_result)
 
     p = sub.add_parser("worker", help="run a Celery worker")
-    p.add_argument("--queue", action="append", choices=["cpu", "gpu"],
-                   help="queue(s) to consume (default cpu)")
+    p.add_argument(
+        "--queue", action="append", choices=["cpu", "gpu"], help="queue(s) to consume (default cpu)"
+    )
     p.add_argument("--concurrency", type=int, default=1, help="worker processes")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--hostname", help="worker name, e.g. cpu1@%%h")

@@ -59,8 +59,13 @@ class Producer:
         return self._store
 
     # --- ingestion -------------------------------------------------------------------------
-    def ingest(self, paths: Iterable[str], queue: str = "cpu", job_id: str | None = None,
-               on_enqueued: Callable[[int], None] | None = None) -> str:
+    def ingest(
+        self,
+        paths: Iterable[str],
+        queue: str = "cpu",
+        job_id: str | None = None,
+        on_enqueued: Callable[[int], None] | None = None,
+    ) -> str:
         """Enqueue ``paths`` in chunks and return the job id.
 
         Chunk task ids derive from the job id and chunk number, so re-running an interrupted
@@ -71,10 +76,14 @@ class Producer:
         self.tracker.create(job_id, queue)
         total = 0
         for number, chunk in enumerate(_batched(paths, self.settings.chunk_size)):
-            app.send_task(INGEST_TASK, args=(job_id, chunk), queue=queue,
-                          task_id=f"{job_id}-{number:06d}",
-                          argsrepr=f"(job={job_id}, chunk #{number}: {len(chunk)} paths, "
-                                   f"first {os.path.basename(chunk[0])!r})")
+            app.send_task(
+                INGEST_TASK,
+                args=(job_id, chunk),
+                queue=queue,
+                task_id=f"{job_id}-{number:06d}",
+                argsrepr=f"(job={job_id}, chunk #{number}: {len(chunk)} paths, "
+                f"first {os.path.basename(chunk[0])!r})",
+            )
             total += len(chunk)
             self.tracker.set_total(job_id, total, finished=False)
             if on_enqueued:
@@ -88,8 +97,13 @@ class Producer:
     def failures(self, job_id: str) -> dict[str, str]:
         return self.tracker.failures(job_id)
 
-    def wait(self, job_id: str, timeout_s: float | None = None, poll_s: float = 0.25,
-             on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
+    def wait(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        poll_s: float = 0.25,
+        on_progress: Callable[[JobProgress], None] | None = None,
+    ) -> JobProgress:
         """Block until every path of the job is processed; TimeoutError past ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -99,8 +113,10 @@ class Producer:
             if progress.finished:
                 return progress
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} not finished after {timeout_s}s: "
-                                   f"{progress.pending} of {progress.total} pending")
+                raise TimeoutError(
+                    f"job {job_id} not finished after {timeout_s}s: "
+                    f"{progress.pending} of {progress.total} pending"
+                )
             time.sleep(poll_s)
 
     # --- queries ---------------------------------------------------------------------------
@@ -109,8 +125,10 @@ class Producer:
         try:
             size = os.path.getsize(image_path)
             if size > self.settings.max_query_bytes:
-                raise QueryError(f"{image_path}: {size:,} bytes exceeds the query limit of "
-                                 f"{self.settings.max_query_bytes:,}")
+                raise QueryError(
+                    f"{image_path}: {size:,} bytes exceeds the query limit of "
+                    f"{self.settings.max_query_bytes:,}"
+                )
             with open(image_path, "rb") as fh:
                 data = fh.read()
         except IsADirectoryError:
@@ -118,10 +136,13 @@ class Producer:
         except OSError as exc:
             raise QueryError(f"{image_path}: {exc.strerror or exc}") from None
         task_id = f"q-{hashlib.sha1(data).hexdigest()[:8]}-{os.urandom(4).hex()}"
-        app.send_task(SEARCH_TASK, args=(os.path.abspath(image_path),
-                                         base64.b64encode(data).decode("ascii"), top_k),
-                      queue=queue, task_id=task_id,
-                      argsrepr=f"(query={os.path.basename(image_path)!r}, top_k={top_k})")
+        app.send_task(
+            SEARCH_TASK,
+            args=(os.path.abspath(image_path), base64.b64encode(data).decode("ascii"), top_k),
+            queue=queue,
+            task_id=task_id,
+            argsrepr=f"(query={os.path.basename(image_path)!r}, top_k={top_k})",
+        )
         return task_id
 
     def collect(self, task_id: str, timeout_s: float | None = 120.0) -> QueryResult:
@@ -138,8 +159,13 @@ class Producer:
         hits = [Hit(i, s, **fields[i]) for i, s in pairs if i in fields]
         return QueryResult(payload["query"], hits, timing_ms=payload.get("timing_ms", {}))
 
-    def search(self, image_paths: list[str], top_k: int, queue: str = "cpu",
-               timeout_s: float | None = 120.0) -> list[QueryResult]:
+    def search(
+        self,
+        image_paths: list[str],
+        top_k: int,
+        queue: str = "cpu",
+        timeout_s: float | None = 120.0,
+    ) -> list[QueryResult]:
         """Submit all queries at once, then collect them in order."""
         submitted: list[tuple[str, str | None, str | None]] = []
         for path in image_paths:
@@ -147,8 +173,10 @@ class Producer:
                 submitted.append((path, self.submit_query(path, top_k, queue), None))
             except QueryError as exc:
                 submitted.append((path, None, str(exc)))
-        return [self.collect(task_id, timeout_s) if task_id else QueryResult(path, error=err)
-                for path, task_id, err in submitted]
+        return [
+            self.collect(task_id, timeout_s) if task_id else QueryResult(path, error=err)
+            for path, task_id, err in submitted
+        ]
 
     def workers_online(self, timeout_s: float = 1.0) -> list[str]:
         """Names of the workers that answer a ping."""

@@ -19,10 +19,28 @@ from PIL import Image
 from common.local_redis import redis_answers, start_redis
 from common.settings import get_settings
 
-SAMPLE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png",
-                 "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
-                 "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg",
-                 "text.png", "clock_motion.png", "color.png", "cell.png", "horse.png")
+SAMPLE_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+    "clock_motion.png",
+    "color.png",
+    "cell.png",
+    "horse.png",
+)
 
 
 def sample_photos(dest: Path) -> Path:
@@ -80,8 +98,10 @@ def run_demo(folder: str | None, out: str) -> int:
     from producer.inputs import expand_inputs
 
     images = Path(folder) if folder else sample_photos(data_dir / "samples")
-    worker = subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", "--queue", "cpu",
-                               "--loglevel", "WARNING"], env=os.environ.copy())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "worker", "--queue", "cpu", "--loglevel", "WARNING"],
+        env=os.environ.copy(),
+    )
     try:
         print("starting a worker (loads the model; the first run exports it to ONNX)...")
         _wait_for_worker(worker)
@@ -90,13 +110,16 @@ def run_demo(folder: str | None, out: str) -> int:
         job_id = producer.ingest(expand_inputs([str(images)]))
         progress = producer.wait(job_id, timeout_s=1800)
         elapsed = time.perf_counter() - started
-        print(f"indexed {images}: {progress.indexed} new, {progress.unchanged} unchanged, "
-              f"{progress.failed} failed in {elapsed:.1f}s; {producer.store.count()} rows in "
-              f"collection {settings.collection!r}")
+        print(
+            f"indexed {images}: {progress.indexed} new, {progress.unchanged} unchanged, "
+            f"{progress.failed} failed in {elapsed:.1f}s; {producer.store.count()} rows in "
+            f"collection {settings.collection!r}"
+        )
         for path, reason in producer.failures(job_id).items():
             print(f"  FAILED {path}: {reason}")
-        candidates = sorted(p for p in images.rglob("*") if p.suffix.lower() in
-                            (".png", ".jpg", ".jpeg"))
+        candidates = sorted(
+            p for p in images.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        )
         if not candidates:
             print("no image to query with")
             return 1

@@ -35,8 +35,10 @@ def draw_grid(results: list[QueryResult], out: str | Path, columns: int = 5) -> 
     rows: list[list[tuple[str | None, str]]] = []
     for res in results:
         cells = [(res.query, f"query: {os.path.basename(res.query)}")]
-        cells += [(h.path, f"#{rank} {h.score:.3f}  {os.path.basename(h.path or '?')}")
-                  for rank, h in enumerate(res.hits, 1)]
+        cells += [
+            (h.path, f"#{rank} {h.score:.3f}  {os.path.basename(h.path or '?')}")
+            for rank, h in enumerate(res.hits, 1)
+        ]
         rows += [cells[i : i + columns + 1] for i in range(0, len(cells), columns + 1)]
     width = (columns + 1) * (_TILE + _PAD) + _PAD
     height = max(1, len(rows)) * (_TILE + _CAPTION + _PAD) + _PAD

@@ -10,8 +10,9 @@ from common.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-def run_worker(queues: list[str], concurrency: int, loglevel: str = "INFO",
-               hostname: str | None = None) -> None:
+def run_worker(
+    queues: list[str], concurrency: int, loglevel: str = "INFO", hostname: str | None = None
+) -> None:
     """Run a worker in this process until it is stopped."""
     unknown = set(queues) - set(QUEUES)
     if unknown:
@@ -27,8 +28,15 @@ def run_worker(queues: list[str], concurrency: int, loglevel: str = "INFO",
             require_cuda(settings.runtime)
         except RuntimeError as exc:
             raise SystemExit(f"cannot start a GPU worker: {exc}") from None
-    argv = ["worker", f"--queues={','.join(queues)}", f"--concurrency={concurrency}",
-            f"--loglevel={loglevel}", "--pool=prefork", "--without-mingle", "--without-gossip"]
+    argv = [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+        "--pool=prefork",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if hostname:
         argv.append(f"--hostname={hostname}")
     log.info("starting worker on %s with %d process(es)", queues, concurrency)

@@ -58,8 +58,9 @@ def context() -> WorkerContext:
     """The process-wide worker context."""
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    return WorkerContext(settings, EmbeddingPipeline(settings),
-                         JobTracker(client, settings.result_ttl_s))
+    return WorkerContext(
+        settings, EmbeddingPipeline(settings), JobTracker(client, settings.result_ttl_s)
+    )
 
 
 @worker_process_init.connect
@@ -71,8 +72,9 @@ def _load_model(**_: Any) -> None:
 class IngestTask(Task):
     """Reports a chunk whose retries ran out as failed, path by path, instead of hanging."""
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                   einfo: Any) -> None:
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         job_id, paths = _ingest_args(args, kwargs)
         reason = f"not indexed: {type(exc).__name__}: {exc}"
         log.error("chunk of job %s failed for good (%d paths): %s", job_id, len(paths), reason)
@@ -87,8 +89,16 @@ def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     return str(params.get("job_id")), list(params.get("paths") or [])
 
 
-@app.task(name=INGEST_TASK, bind=True, base=IngestTask, autoretry_for=RETRYABLE,
-          retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=MAX_RETRIES)
+@app.task(
+    name=INGEST_TASK,
+    bind=True,
+    base=IngestTask,
+    autoretry_for=RETRYABLE,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=MAX_RETRIES,
+)
 def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
     """Read, embed and upsert ``paths``; record each path's outcome in the job's progress."""
     ctx = context()
@@ -117,11 +127,17 @@ def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
         if res.error is not None:
             failed[res.key] = res.error
             continue
-        rows.append({
-            "id": path_id(res.key), "vector": res.vector, "path": res.key,
-            "sha256": payload[res.key][1], "width": res.width, "height": res.height,
-            "ingested_at": now_ms,
-        })
+        rows.append(
+            {
+                "id": path_id(res.key),
+                "vector": res.vector,
+                "path": res.key,
+                "sha256": payload[res.key][1],
+                "width": res.width,
+                "height": res.height,
+                "ingested_at": now_ms,
+            }
+        )
     try:
         ctx.store.upsert(rows)
     except RETRYABLE:
@@ -131,15 +147,29 @@ def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
     for path, reason in failed.items():
         log.warning("job %s: %s: %s", job_id, path, reason)
-    log.info("job %s: chunk of %d: %d indexed, %d unchanged, %d failed in %.2fs", job_id,
-             len(paths), len(indexed), len(unchanged), len(failed),
-             time.perf_counter() - started)
-    return {"job_id": job_id, "indexed": len(indexed), "unchanged": len(unchanged),
-            "failed": len(failed)}
+    log.info(
+        "job %s: chunk of %d: %d indexed, %d unchanged, %d failed in %.2fs",
+        job_id,
+        len(paths),
+        len(indexed),
+        len(unchanged),
+        len(failed),
+        time.perf_counter() - started,
+    )
+    return {
+        "job_id": job_id,
+        "indexed": len(indexed),
+        "unchanged": len(unchanged),
+        "failed": len(failed),
+    }
 
 
-@app.task(name=SEARCH_TASK, autoretry_for=(MilvusException, ConnectionError), retry_backoff=1,
-          max_retries=3)
+@app.task(
+    name=SEARCH_TASK,
+    autoretry_for=(MilvusException, ConnectionError),
+    retry_backoff=1,
+    max_retries=3,
+)
 def search(name: str, image_b64: str, top_k: int) -> dict[str, Any]:
     """Embed one query image and return the ids and scores of its nearest indexed images."""
     ctx = context()
@@ -158,6 +188,8 @@ def search(name: str, image_b64: str, top_k: int) -> dict[str, Any]:
         "query": name,
         "hits": [[i, score] for i, score in hits],
         "metric": ctx.settings.metric,
-        "timing_ms": {"embed": round((embedded - started) * 1000, 2),
-                      "search": round((done - embedded) * 1000, 2)},
+        "timing_ms": {
+            "embed": round((embedded - started) * 1000, 2),
+            "search": round((done - embedded) * 1000, 2),
+        },
     }

@@ -1,0 +1,30 @@
+# The two entry points of README.md: `make demo` (main job, embedded default) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test lint bench
+
+install: $(VENV)/.installed
+
+# torch is pinned first: this machine serves a local CPU wheel of 2.13.0, while an unpinned
+# torch (asked for by another package) would pull a CUDA build of several GB.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/ris demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest
+
+bench: install
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/query.py

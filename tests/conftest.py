@@ -1,0 +1,90 @@
+"""Real services for the tests: a private Redis, a Milvus Lite file served over gRPC, and real
+``ris worker`` processes. No mocks.
+
+The environment is set in ``pytest_configure``, before any test module imports the Celery app.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import start_worker, stop_worker
+
+_STATE: dict[str, object] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from common.local_redis import redis_answers, start_redis
+
+    tmp = Path(tempfile.mkdtemp(prefix="ris-tests-"))
+    _STATE["tmp"] = tmp
+    try:
+        url, proc = start_redis(workdir=tmp)
+        _STATE["redis_proc"] = proc
+    except RuntimeError:
+        # No redis-server binary: fall back to one given by the environment.
+        url = os.environ.get("RIS_REDIS_URL", "redis://127.0.0.1:6379/15")
+        if not redis_answers(url):
+            raise
+    os.environ.update(
+        {
+            "RIS_REDIS_URL": url,
+            "RIS_MILVUS_URI": str(tmp / "milvus.db"),
+            "RIS_COLLECTION": f"test_{uuid.uuid4().hex[:8]}",
+            "RIS_DECODE_THREADS": "2",
+        }
+    )
+    _STATE["redis_url"] = url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from common.lite_server import stop_lite_server
+
+    tmp = _STATE.get("tmp")
+    if isinstance(tmp, Path):
+        stop_lite_server(tmp / "milvus.db")
+    proc = _STATE.get("redis_proc")
+    if isinstance(proc, subprocess.Popen):
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Path:
+    return Path(str(_STATE["tmp"]))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return str(_STATE["redis_url"])
+
+
+@pytest.fixture(scope="session")
+def worker(tmp_root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """One real cpu-queue worker for the session."""
+    proc = start_worker("cpu", "cpu-main@%h", log=tmp_root / "worker.log")
+    yield proc
+    stop_worker(proc)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_root: Path) -> Path:
+    """The natural photos scikit-image and scikit-learn ship, in a folder of their own."""
+    from producer.demo import sample_photos
+
+    return sample_photos(tmp_root / "photos")
+
+
+@pytest.fixture(scope="session")
+def producer():
+    from common.settings import get_settings
+    from producer.client import Producer
+
+    return Producer(get_settings())

@@ -1,0 +1,71 @@
+"""Helpers for the tests: real ``ris`` processes, started and stopped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(
+    queue: str = "cpu",
+    name: str | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a real ``ris worker`` process and wait until it answers a ping."""
+    from common.celery_app import app
+
+    name = name or f"{queue}-{uuid.uuid4().hex[:6]}@%h"
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "worker", "--queue", queue, "--hostname", name],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    prefix = name.split("@")[0]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode} (log: {log})")
+        replies = app.control.ping(timeout=0.5) or []
+        if any(n.split("@")[0] == prefix for reply in replies for n in reply):
+            return proc
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("worker did not answer in time")
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def run_cli(
+    *args: str, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``ris`` command line in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "producer.cli", *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"ris {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc

@@ -1,0 +1,171 @@
+"""The whole path on real parts: CLI -> Redis -> Celery worker -> model -> Milvus -> CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from common.store import path_id
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def _altered_copies(photos: Path, dest: Path) -> dict[Path, Path]:
+    """A resized (60%), JPEG re-encoded copy of each photo: what users search with."""
+    dest.mkdir(exist_ok=True)
+    copies = {}
+    for src in sorted(photos.iterdir()):
+        with Image.open(src) as img:
+            rgb = img.convert("RGB")
+            small = rgb.resize((max(1, rgb.width * 3 // 5), max(1, rgb.height * 3 // 5)))
+            out = dest / f"{src.stem}_copy.jpg"
+            small.save(out, "JPEG", quality=75)
+        copies[src] = out
+    return copies
+
+
+@pytest.fixture(scope="module")
+def indexed(photos: Path) -> dict[str, object]:
+    """Ingest the photo folder once through the real CLI."""
+    proc = run_cli("ingest", str(photos), "--quiet", "--timeout", "600")
+    job = re.search(r"job (\w+): finished", proc.stdout)
+    assert job, proc.stdout
+    return {"job": job.group(1), "stdout": proc.stdout}
+
+
+def test_ingest_indexes_every_photo(indexed: dict[str, object], photos: Path, producer) -> None:
+    n = len(list(photos.iterdir()))
+    assert n >= 20
+    assert f"{n} indexed, 0 unchanged, 0 failed, 0 pending" in str(indexed["stdout"])
+    stored = producer.store.resolve([path_id(str(p)) for p in photos.iterdir()])
+    assert len(stored) == n
+    for p in photos.iterdir():
+        row = stored[path_id(str(p))]
+        assert row["path"] == str(p)
+        with Image.open(p) as img:
+            assert (row["width"], row["height"]) == img.size
+        assert len(row["sha256"]) == 64
+
+
+def test_every_photo_and_its_altered_copy_find_the_original(
+    indexed: dict[str, object], photos: Path, tmp_path: Path, producer
+) -> None:
+    copies = _altered_copies(photos, tmp_path / "copies")
+    queries = [str(p) for p in sorted(photos.iterdir())] + [str(c) for c in copies.values()]
+    expected = [str(p) for p in sorted(photos.iterdir())] + [str(o) for o in copies]
+    results = producer.search(queries, top_k=5)
+    for res, want in zip(results, expected, strict=True):
+        assert res.error is None, res.error
+        assert res.hits[0].path == want, (res.query, [h.path for h in res.hits])
+        scores = [h.score for h in res.hits]
+        assert scores == sorted(scores, reverse=True)
+    # An exact re-query scores ~1 (cosine of unit vectors).
+    assert results[0].hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_reingest_adds_no_rows(indexed: dict[str, object], photos: Path, producer) -> None:
+    before = producer.store.count()
+    proc = run_cli("ingest", str(photos), "--quiet", "--timeout", "600")
+    n = len(list(photos.iterdir()))
+    assert f"0 indexed, {n} unchanged, 0 failed" in proc.stdout
+    assert producer.store.count() == before
+
+
+def test_changed_file_replaces_its_vector(tmp_path: Path, photos: Path, producer) -> None:
+    target = tmp_path / "changing.png"
+    shutil.copyfile(photos / "coffee.png", target)
+    run_cli("ingest", str(target), "--quiet")
+    first = producer.store.resolve([path_id(str(target))])[path_id(str(target))]
+    shutil.copyfile(photos / "rocket.jpg", target)  # new content, same path
+    proc = run_cli("ingest", str(target), "--quiet")
+    assert "1 indexed, 0 unchanged" in proc.stdout
+    second = producer.store.resolve([path_id(str(target))])[path_id(str(target))]
+    assert second["sha256"] != first["sha256"]
+    hits = producer.search([str(photos / "rocket.jpg")], top_k=2)[0].hits
+    assert {h.path for h in hits} == {str(photos / "rocket.jpg"), str(target)}
+    producer.store.delete_ids([path_id(str(target))])
+
+
+def _bad_inputs(folder: Path, photos: Path) -> dict[str, str]:
+    """Bad files beside good ones, each with the reason the job must report."""
+    folder.mkdir()
+    shutil.copyfile(photos / "coffee.png", folder / "good.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "random.jpg").write_bytes(bytes(range(256)) * 40)
+    (folder / "notes.png").write_text("this is a text file, not an image\n")
+    data = (photos / "rocket.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "dir.jpg").mkdir()
+    (folder / "dangling.jpg").symlink_to(folder / "nowhere.jpg")
+    return {
+        "empty.jpg": "empty file",
+        "random.jpg": "not an image",
+        "notes.png": "not an image",
+        "truncated.jpg": "truncated",
+        "dir.jpg": "is a directory",
+        "dangling.jpg": "broken symbolic link",
+        "missing.jpg": "no such file",
+    }
+
+
+def test_job_reports_bad_files_and_indexes_the_rest(tmp_path: Path, photos: Path, producer) -> None:
+    folder = tmp_path / "mixed"
+    expected = _bad_inputs(folder, photos)
+    # A list file names every entry, the missing one too (a folder walk would skip dir.jpg).
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{folder / n}\n" for n in ["good.png", *expected]))
+    proc = run_cli("ingest", str(listing), "--quiet")
+    job = re.search(r"job (\w+): finished", proc.stdout).group(1)  # type: ignore[union-attr]
+    assert "1 indexed" in proc.stdout and f"{len(expected)} failed" in proc.stdout
+
+    status = json.loads(run_cli("status", job, "--json").stdout)
+    assert status["finished"] and status["indexed"] == 1
+    failures = {Path(p).name: reason for p, reason in status["failures"].items()}
+    assert set(failures) == set(expected)
+    for name, fragment in expected.items():
+        assert fragment in failures[name], (name, failures[name])
+    assert producer.store.resolve([path_id(str(folder / "good.png"))])
+
+
+def test_search_no_wait_then_result_with_grid(
+    indexed: dict[str, object], photos: Path, tmp_path: Path
+) -> None:
+    query = photos / "chelsea.png"
+    submitted = run_cli("search", str(query), "--no-wait").stdout.split()
+    task_id = submitted[0]
+    grid = tmp_path / "grid.png"
+    out = json.loads(run_cli("result", task_id, "--json").stdout)
+    assert out[0]["hits"][0]["path"] == str(query)
+    run_cli("result", task_id, "--show", str(grid))
+    with Image.open(grid) as img:
+        assert img.width > 224 * 5 and img.height >= 224
+
+
+def test_bad_query_image_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    proc = run_cli("search", str(bad), str(tmp_path / "missing.png"), check=False)
+    assert proc.returncode == 1
+    assert "error: not an image" in proc.stdout
+    assert "No such file" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_delete_by_path_and_prefix(tmp_path: Path, photos: Path, producer) -> None:
+    folder = tmp_path / "to_delete"
+    folder.mkdir()
+    for name in ("coins.png", "moon.png", "page.png"):
+        shutil.copyfile(photos / name, folder / name)
+    run_cli("ingest", str(folder), "--quiet")
+    ids = [path_id(str(p)) for p in folder.iterdir()]
+    assert len(producer.store.resolve(ids)) == 3
+    run_cli("delete", str(folder / "coins.png"))
+    assert len(producer.store.resolve(ids)) == 2
+    run_cli("delete", "--prefix", str(folder))
+    assert producer.store.resolve(ids) == {}

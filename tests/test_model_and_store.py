@@ -1,0 +1,65 @@
+"""The real model (ONNX export against torch) and the real Milvus collection's guarantees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.images import decode
+from common.models import export_onnx, get_spec
+from common.settings import Settings, get_settings
+from common.store import ImageStore, SchemaMismatchError, path_id
+
+
+@pytest.fixture(scope="module")
+def batch(photos: Path) -> np.ndarray:
+    spec = get_spec("efficientnet-lite0")
+    names = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
+    return np.stack(
+        [
+            decode((photos / n).read_bytes(), spec.input_size, spec.mean, spec.std, 10**8).pixels
+            for n in names
+        ]
+    )
+
+
+def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
+    from common.models import Embedder
+
+    base = get_settings()
+    onnx = Embedder(base.model_copy(update={"runtime": "onnx"})).embed(batch)
+    torch_ = Embedder(base.model_copy(update={"runtime": "torch"})).embed(batch)
+    assert onnx.shape == (4, 1280)
+    np.testing.assert_allclose(np.linalg.norm(onnx, axis=1), 1.0, rtol=1e-5)
+    assert np.min(np.sum(onnx * torch_, axis=1)) > 0.9999
+    # Different photos are not near-identical.
+    sims = onnx @ onnx.T
+    assert np.max(sims[~np.eye(4, dtype=bool)]) < 0.9
+
+
+def test_onnx_export_is_cached(tmp_path: Path) -> None:
+    spec = get_spec("efficientnet-lite0")
+    first = export_onnx(spec, tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert export_onnx(spec, tmp_path) == first and first.stat().st_mtime_ns == mtime
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        get_spec("vgg")
+
+
+def test_path_id_is_stable_and_positive() -> None:
+    assert path_id("/data/a.jpg") == path_id("/data/a.jpg")
+    assert path_id("/data/a.jpg") != path_id("/data/b.jpg")
+    assert 0 <= path_id("/data/a.jpg") < 2**63
+
+
+def test_collection_refuses_another_model() -> None:
+    settings: Settings = get_settings().model_copy(update={"collection": "test_identity"})
+    store = ImageStore(settings, "efficientnet-lite0", 1280)
+    with pytest.raises(SchemaMismatchError, match="efficientnet-lite0"):
+        ImageStore(settings, "resnet50", 2048)
+    store.drop()

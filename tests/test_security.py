@@ -1,0 +1,69 @@
+"""Celery accepts JSON only: a pickled message published to the queue is never executed."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from common.celery_app import INGEST_TASK, app
+from common.sources import SourceError, check_allowed
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+class _Marker:
+    """Unpickling this would create a file: proof that pickle was executed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_pickled_task_message_is_rejected(
+    tmp_path: Path, redis_url: str, photos: Path, producer
+) -> None:
+    marker = tmp_path / "executed"
+    task_id = str(uuid.uuid4())
+    body = pickle.dumps(((_Marker(str(marker)), []), {}, {}))
+    with Connection(redis_url) as conn:
+        publisher = conn.Producer(serializer="pickle")
+        publisher.publish(
+            body,
+            routing_key="cpu",
+            exchange="cpu",
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
+            headers={
+                "lang": "py",
+                "task": INGEST_TASK,
+                "id": task_id,
+                "argsrepr": "",
+                "kwargsrepr": "",
+                "retries": 0,
+            },
+        )
+    # A JSON job sent after it still runs: the worker survived and consumes the queue.
+    job = producer.ingest([str(photos / "coins.png")])
+    assert producer.wait(job, timeout_s=120).indexed + producer.progress(job).unchanged == 1
+    assert not marker.exists()
+    assert app.AsyncResult(task_id).state == "PENDING"  # never ran
+
+
+def test_paths_outside_allowed_roots_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    inside = root / "sub" / "a.jpg"
+    inside.write_bytes(b"x")
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"x")
+    (root / "escape.jpg").symlink_to(outside)
+    assert check_allowed(str(inside), [root]) == inside
+    for path in (outside, root / "sub" / ".." / ".." / "secret.jpg", root / "escape.jpg"):
+        with pytest.raises(SourceError, match="outside the allowed roots"):
+            check_allowed(str(path), [root])
