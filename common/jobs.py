@@ -10,8 +10,23 @@ import time
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from common.settings import Settings
 
 _PREFIX = "ris:job:"
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client that rides out a restart: retries with backoff for about a minute."""
+    return redis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
 
 
 @dataclass(frozen=True)
@@ -56,17 +71,32 @@ class JobTracker:
         return bool(self.r.exists(self._keys(job_id)[0]))
 
     def create(self, job_id: str, queue: str) -> None:
-        """Register a job (no-op if it exists: a resumed producer keeps its progress)."""
+        """Register a job; a resumed job keeps its progress."""
         base = self._keys(job_id)[0]
         self.r.hsetnx(base, "created_at", time.time())
         self.r.hset(base, mapping={"queue": queue, "enqueue_finished": 0})
         self.r.expire(base, self.ttl_s)
 
-    def set_total(self, job_id: str, total: int, finished: bool) -> None:
-        """Record how many paths are enqueued, and whether that is all of them."""
+    def is_complete(self, job_id: str) -> bool:
+        """True when the job exists and its producer enqueued every chunk."""
+        return self.r.hget(self._keys(job_id)[0], "enqueue_finished") == b"1"
+
+    def set_total(self, job_id: str, total: int, chunks: int, finished: bool) -> None:
+        """Record how many paths and chunks are enqueued, and whether that is all of them."""
         self.r.hset(
-            self._keys(job_id)[0], mapping={"total": total, "enqueue_finished": int(finished)}
+            self._keys(job_id)[0],
+            mapping={"total": total, "chunks": chunks, "enqueue_finished": int(finished)},
         )
+
+    def resume_point(self, job_id: str) -> tuple[int, int] | None:
+        """``(chunks, paths)`` already enqueued by an interrupted producer; None when the job
+        is unknown or was enqueued completely."""
+        chunks, total, finished = self.r.hmget(
+            self._keys(job_id)[0], "chunks", "total", "enqueue_finished"
+        )
+        if finished is None or finished == b"1":
+            return None
+        return int(chunks or 0), int(total or 0)
 
     def mark(
         self, job_id: str, indexed: list[str], unchanged: list[str], failed: dict[str, str]

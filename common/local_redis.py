@@ -25,9 +25,12 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
 
 
 def start_redis(
-    port: int | None = None, workdir: Path | None = None
+    port: int | None = None, workdir: Path | None = None, persistent: bool = False
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """Start ``redis-server`` on a spare loopback port; returns its URL and process."""
+    """Start ``redis-server`` on a (spare) loopback port; returns its URL and process.
+
+    ``persistent`` keeps an append-only file in ``workdir``, so a restart loses no message.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -49,7 +52,7 @@ def start_redis(
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persistent else "no",
             "--dir",
             str(workdir),
         ],

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # Seconds before a message taken but not acknowledged (worker died) is redelivered.
     # Must exceed the longest chunk's processing time.
     visibility_timeout_s: int = 3600
+    # A chunk whose vector-store writes keep failing is retried this often, with exponential
+    # backoff capped at retry_backoff_max_s, then reported as failed path by path.
+    task_max_retries: int = 8
+    retry_backoff_max_s: int = 60
     # Results and job progress expire after this long.
     result_ttl_s: int = 7 * 24 * 3600
 

@@ -45,7 +45,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     producer = _producer()
     paths = expand_inputs(args.inputs)
-    job_id = args.job_id or os.urandom(6).hex()
+    job_id = args.job_id or producer.job_id_for(args.inputs, args.queue)
+    resumed = producer.tracker.resume_point(job_id)
+    if resumed:
+        print(f"job {job_id}: resuming after {resumed[1]} paths already enqueued", flush=True)
     print(f"job {job_id}: enqueueing to queue {args.queue!r}", flush=True)
     job_id = producer.ingest(paths, queue=args.queue, job_id=job_id)
     progress = producer.progress(job_id)

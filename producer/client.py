@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
+from celery import Celery
 from celery.result import AsyncResult
 
-from common.celery_app import INGEST_TASK, SEARCH_TASK, app
-from common.jobs import JobProgress, JobTracker
-from common.settings import Settings
+from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
+from common.jobs import JobProgress, JobTracker, redis_client
+from common.settings import Settings, get_settings
 from common.store import Hit, ImageStore, open_store
 
 
@@ -46,10 +46,10 @@ def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
 class Producer:
     """Submits work to the workers and reads its progress and results."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url.get_secret_value())
-        self.tracker = JobTracker(self.redis, settings.result_ttl_s)
+        self.app = celery or (app if settings == get_settings() else make_app(settings))
+        self.tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
         self._store: ImageStore | None = None
 
     @property
@@ -59,6 +59,17 @@ class Producer:
         return self._store
 
     # --- ingestion -------------------------------------------------------------------------
+    def job_id_for(self, inputs: list[str], queue: str) -> str:
+        """A job id derived from the inputs, so re-running an interrupted ``ris ingest``
+        resumes its job; once that job was fully enqueued, a fresh (suffixed) id."""
+        key = "\0".join([queue, *(i if "://" in i else os.path.abspath(i) for i in inputs)])
+        base = hashlib.sha1(key.encode()).hexdigest()[:12]
+        job_id, n = base, 1
+        while self.tracker.is_complete(job_id):
+            n += 1
+            job_id = f"{base}-{n}"
+        return job_id
+
     def ingest(
         self,
         paths: Iterable[str],
@@ -68,15 +79,17 @@ class Producer:
     ) -> str:
         """Enqueue ``paths`` in chunks and return the job id.
 
-        Chunk task ids derive from the job id and chunk number, so re-running an interrupted
-        ``ingest`` with the same job id re-sends the same chunks (no duplicates: writes are
-        upserts keyed by path).
+        Resumable: if ``job_id`` names a job whose enqueueing was interrupted, the chunks it
+        already sent are skipped (inputs expand in a stable order), so none is sent twice.
         """
         job_id = job_id or os.urandom(6).hex()
+        skip_chunks, total = self.tracker.resume_point(job_id) or (0, 0)
         self.tracker.create(job_id, queue)
-        total = 0
+        chunks = skip_chunks
         for number, chunk in enumerate(_batched(paths, self.settings.chunk_size)):
-            app.send_task(
+            if number < skip_chunks:
+                continue
+            self.app.send_task(
                 INGEST_TASK,
                 args=(job_id, chunk),
                 queue=queue,
@@ -85,10 +98,11 @@ class Producer:
                 f"first {os.path.basename(chunk[0])!r})",
             )
             total += len(chunk)
-            self.tracker.set_total(job_id, total, finished=False)
+            chunks = number + 1
+            self.tracker.set_total(job_id, total, chunks, finished=False)
             if on_enqueued:
                 on_enqueued(total)
-        self.tracker.set_total(job_id, total, finished=True)
+        self.tracker.set_total(job_id, total, chunks, finished=True)
         return job_id
 
     def progress(self, job_id: str) -> JobProgress:
@@ -147,7 +161,7 @@ class Producer:
 
     def collect(self, task_id: str, timeout_s: float | None = 120.0) -> QueryResult:
         """Wait for a query task and resolve its result ids to paths stored in Milvus."""
-        payload: dict[str, Any] = AsyncResult(task_id, app=app).get(timeout=timeout_s)
+        payload: dict[str, Any] = AsyncResult(task_id, app=self.app).get(timeout=timeout_s)
         return self.resolve(payload)
 
     def resolve(self, payload: dict[str, Any]) -> QueryResult:
@@ -180,5 +194,5 @@ class Producer:
 
     def workers_online(self, timeout_s: float = 1.0) -> list[str]:
         """Names of the workers that answer a ping."""
-        replies = app.control.ping(timeout=timeout_s) or []
+        replies = self.app.control.ping(timeout=timeout_s) or []
         return sorted(name for reply in replies for name in reply)

@@ -12,10 +12,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers import start_worker, stop_worker
+
+if TYPE_CHECKING:  # imported late: the Celery app must see the test environment
+    from producer.client import Producer
 
 _STATE: dict[str, object] = {}
 
@@ -83,7 +87,7 @@ def photos(tmp_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def producer():
+def producer() -> Producer:
     from common.settings import get_settings
     from producer.client import Producer
 

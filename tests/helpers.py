@@ -9,6 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
+from celery import Celery
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,8 +21,7 @@ def start_worker(
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a real ``ris worker`` process and wait until it answers a ping."""
-    from common.celery_app import app
-
+    app = celery_app_for(env)
     name = name or f"{queue}-{uuid.uuid4().hex[:6]}@%h"
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
@@ -29,6 +30,7 @@ def start_worker(
         env={**os.environ, **(env or {})},
         stdout=out,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: a test can kill the whole worker
     )
     prefix = name.split("@")[0]
     deadline = time.monotonic() + 180
@@ -43,6 +45,20 @@ def start_worker(
     raise RuntimeError("worker did not answer in time")
 
 
+def celery_app_for(env: dict[str, str] | None) -> Celery:
+    """The Celery app of the cluster that ``env`` (RIS_* overrides) points at."""
+    from pydantic import SecretStr
+
+    from common.celery_app import app, make_app
+    from common.settings import get_settings
+
+    if not env or "RIS_REDIS_URL" not in env:
+        return app
+    return make_app(
+        get_settings().model_copy(update={"redis_url": SecretStr(env["RIS_REDIS_URL"])})
+    )
+
+
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -53,13 +69,13 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_cli(
-    *args: str, timeout: float = 300, check: bool = True
+    *args: str, timeout: float = 300, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``ris`` command line in a subprocess."""
+    """Run the real ``ris`` command line in a subprocess (``env``: RIS_* overrides)."""
     proc = subprocess.run(
         [sys.executable, "-m", "producer.cli", *args],
         cwd=ROOT,
-        env=os.environ.copy(),
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.images import ImageError, decode, open_rgb
+from common.images import DecodedImage, ImageError, decode, open_rgb
 from common.models import get_spec
 
 SPEC = get_spec("efficientnet-lite0")
 LIMIT = 100_000_000
 
 
-def _decode(data: bytes, max_pixels: int = LIMIT):
+def _decode(data: bytes, max_pixels: int = LIMIT) -> DecodedImage:
     return decode(data, SPEC.input_size, SPEC.mean, SPEC.std, max_pixels)
 
 

@@ -21,7 +21,7 @@ class _Marker:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[object, ...]:
         return (Path.touch, (Path(self.path),))
 
 

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import redis
 from celery import Task
 from celery.signals import worker_process_init
 from pymilvus.exceptions import MilvusException
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app
-from common.jobs import JobTracker
+from common.jobs import JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
 from common.sources import SourceError, read_source
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # Failures of the vector store or the network are worth retrying; bad input is not.
 RETRYABLE = (MilvusException, OSError)  # OSError covers ConnectionError, TimeoutError
-MAX_RETRIES = 8
+_SETTINGS = get_settings()
 
 
 @dataclass
@@ -57,9 +56,10 @@ class WorkerContext:
 def context() -> WorkerContext:
     """The process-wide worker context."""
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     return WorkerContext(
-        settings, EmbeddingPipeline(settings), JobTracker(client, settings.result_ttl_s)
+        settings,
+        EmbeddingPipeline(settings),
+        JobTracker(redis_client(settings), settings.result_ttl_s),
     )
 
 
@@ -95,9 +95,9 @@ def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     base=IngestTask,
     autoretry_for=RETRYABLE,
     retry_backoff=2,
-    retry_backoff_max=60,
+    retry_backoff_max=_SETTINGS.retry_backoff_max_s,
     retry_jitter=True,
-    max_retries=MAX_RETRIES,
+    max_retries=_SETTINGS.task_max_retries,
 )
 def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
     """Read, embed and upsert ``paths``; record each path's outcome in the job's progress."""
