@@ -34,6 +34,13 @@ def make_app(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # Publishing rides out a broker restart of about half a minute.
+        task_publish_retry_policy={
+            "max_retries": 12,
+            "interval_start": 0.5,
+            "interval_step": 1,
+            "interval_max": 5,
+        },
         result_expires=settings.result_ttl_s,
         result_extended=True,
         # Events and STARTED state make tasks visible in Flower.

@@ -16,6 +16,8 @@ from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+from redis import RedisError
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
 from common.jobs import JobProgress, JobTracker, redis_client
@@ -150,7 +152,7 @@ class Producer:
         except OSError as exc:
             raise QueryError(f"{image_path}: {exc.strerror or exc}") from None
         task_id = f"q-{hashlib.sha1(data).hexdigest()[:8]}-{os.urandom(4).hex()}"
-        app.send_task(
+        self.app.send_task(
             SEARCH_TASK,
             args=(os.path.abspath(image_path), base64.b64encode(data).decode("ascii"), top_k),
             queue=queue,
@@ -193,6 +195,9 @@ class Producer:
         ]
 
     def workers_online(self, timeout_s: float = 1.0) -> list[str]:
-        """Names of the workers that answer a ping."""
-        replies = self.app.control.ping(timeout=timeout_s) or []
+        """Names of the workers that answer a ping (none while the broker is unreachable)."""
+        try:
+            replies = self.app.control.ping(timeout=timeout_s) or []
+        except (OSError, RedisError, OperationalError):
+            return []
         return sorted(name for reply in replies for name in reply)

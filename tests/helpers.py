@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,15 @@ from pathlib import Path
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Workers need no privileges. Under root (CI containers) they run with every capability
+# dropped, so that file permissions apply to them as they would in a real deployment.
+UNPRIVILEGED: list[str] = (
+    ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    if os.geteuid() == 0 and shutil.which("setpriv")
+    else []
+)
+WORKERS_HONOUR_PERMISSIONS = os.geteuid() != 0 or bool(UNPRIVILEGED)
 
 
 def start_worker(
@@ -25,7 +35,17 @@ def start_worker(
     name = name or f"{queue}-{uuid.uuid4().hex[:6]}@%h"
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "worker", "--queue", queue, "--hostname", name],
+        [
+            *UNPRIVILEGED,
+            sys.executable,
+            "-m",
+            "producer.cli",
+            "worker",
+            "--queue",
+            queue,
+            "--hostname",
+            name,
+        ],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=out,
@@ -37,7 +57,10 @@ def start_worker(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with code {proc.returncode} (log: {log})")
-        replies = app.control.ping(timeout=0.5) or []
+        try:
+            replies = app.control.ping(timeout=0.5) or []
+        except Exception:  # a connection closed by an earlier broker restart: ping again
+            replies = []
         if any(n.split("@")[0] == prefix for reply in replies for n in reply):
             return proc
         time.sleep(0.3)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from common.store import path_id
-from tests.helpers import run_cli
+from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -103,7 +103,7 @@ def _bad_inputs(folder: Path, photos: Path) -> dict[str, str]:
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "dir.jpg").mkdir()
     (folder / "dangling.jpg").symlink_to(folder / "nowhere.jpg")
-    return {
+    expected = {
         "empty.jpg": "empty file",
         "random.jpg": "not an image",
         "notes.png": "not an image",
@@ -112,6 +112,11 @@ def _bad_inputs(folder: Path, photos: Path) -> dict[str, str]:
         "dangling.jpg": "broken symbolic link",
         "missing.jpg": "no such file",
     }
+    if WORKERS_HONOUR_PERMISSIONS:
+        (folder / "locked.jpg").write_bytes(data)
+        (folder / "locked.jpg").chmod(0)
+        expected["locked.jpg"] = "permission denied"
+    return expected
 
 
 def test_job_reports_bad_files_and_indexes_the_rest(tmp_path: Path, photos: Path, producer) -> None:
