@@ -7,7 +7,6 @@ from kombu import Queue
 
 from common.settings import Settings, get_settings
 
-QUEUES = ("cpu", "gpu")
 INGEST_TASK = "ris.ingest_chunk"
 SEARCH_TASK = "ris.search"
 
@@ -24,8 +23,8 @@ def make_app(settings: Settings) -> Celery:
         result_accept_content=["json"],
         # Routing: every task goes to the queue the producer names (cpu by default);
         # a worker consumes the queues it is started with.
-        task_queues=[Queue(q) for q in QUEUES],
-        task_default_queue="cpu",
+        task_queues=[Queue(q) for q in settings.queues],
+        task_default_queue=settings.queues[0],
         # A task is acknowledged after it ran, and requeued if its worker died, so a crash
         # loses no chunk; writes are idempotent upserts, so a redelivery duplicates nothing.
         task_acks_late=True,
@@ -50,6 +49,11 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def is_gpu_queue(queue: str) -> bool:
+    """Queues named ``gpu...`` are consumed only by workers that run the model on CUDA."""
+    return queue.startswith("gpu")
 
 
 app = make_app(get_settings())

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     retry_backoff_max_s: int = 60
     # Results and job progress expire after this long.
     result_ttl_s: int = 7 * 24 * 3600
+    # Queues a worker may consume and a producer may send to. Queues named "gpu..." are for
+    # workers with RIS_DEVICE=cuda; add others (e.g. "bulk") to separate kinds of work.
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["cpu", "gpu"])
 
     # --- vector store ----------------------------------------------------------------------
     milvus_uri: str = Field(
@@ -66,8 +69,18 @@ class Settings(BaseSettings):
     # Decompression-bomb guard: images above this many pixels are refused, not decoded.
     max_image_pixels: int = 100_000_000
     max_file_bytes: int = 200 * 1024 * 1024
-    # Workers read only under these roots; empty means no restriction.
+    # Workers read only under these roots (colon-separated); empty means no restriction.
     allowed_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # URLs (http(s)://, s3://...) a worker may fetch, by prefix (comma-separated). Empty means
+    # any URL while allowed_roots is empty too, and none once allowed_roots restricts paths.
+    allowed_url_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    url_timeout_s: float = 30.0
+
+    # --- monitoring ------------------------------------------------------------------------
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    # "user:password" for Flower's basic auth (its HTTP API answers nobody without it).
+    flower_basic_auth: SecretStr | None = None
 
     # --- queries ---------------------------------------------------------------------------
     top_k: int = 10
@@ -79,6 +92,13 @@ class Settings(BaseSettings):
         # A colon-separated list, like PATH.
         if isinstance(value, str):
             return [Path(p) for p in value.split(":") if p]
+        return value
+
+    @field_validator("queues", "allowed_url_prefixes", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
     @property

@@ -1,4 +1,4 @@
-"""The ``ris`` command line: ingest, status, search, result, worker, delete, info, demo."""
+"""The ``ris`` command line: every subcommand and its arguments."""
 
 from __future__ import annotations
 
@@ -145,6 +145,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flower(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from producer.flower import run_flower
+
+    run_flower(get_settings(), Path(args.db))
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     from common.store import path_id
     from producer.inputs import expand_inputs
@@ -200,13 +209,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    queues = get_settings().queues
     parser = argparse.ArgumentParser(prog="ris", description="Distributed reverse image search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="index images: folders, globs, list files (.txt/.csv)")
     p.add_argument("inputs", nargs="+")
-    p.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--queue", default=queues[0], choices=queues)
     p.add_argument("--job-id", help="reuse a job id (resume an interrupted ingest)")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
@@ -222,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="find the indexed images most similar to each image")
     p.add_argument("images", nargs="+")
     p.add_argument("-k", "--top-k", type=int, default=None)
-    p.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--queue", default=queues[0], choices=queues)
     p.add_argument("--no-wait", action="store_true", help="print task ids; see `ris result`")
     p.add_argument("--show", metavar="GRID.png", help="draw the query and matches to a picture")
     p.add_argument("--json", action="store_true")
@@ -238,12 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Celery worker")
     p.add_argument(
-        "--queue", action="append", choices=["cpu", "gpu"], help="queue(s) to consume (default cpu)"
+        "--queue",
+        action="append",
+        choices=queues,
+        help=f"queue(s) to consume (default {queues[0]})",
     )
     p.add_argument("--concurrency", type=int, default=1, help="worker processes")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--hostname", help="worker name, e.g. cpu1@%%h")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("flower", help="watch workers, queues and tasks in Flower (web UI)")
+    p.add_argument("--db", default="ris_data/flower.db", help="Flower's persistent state")
+    p.set_defaults(func=cmd_flower)
 
     p = sub.add_parser("delete", help="remove images from the index")
     p.add_argument("paths", nargs="+")
@@ -268,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ris`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "worker" and not args.queue:
-        args.queue = ["cpu"]
+        args.queue = get_settings().queues[:1]
     logging.basicConfig(
         level=logging.INFO if args.verbose or args.command == "worker" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

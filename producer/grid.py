@@ -8,6 +8,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from common.images import ImageError, open_rgb
+from common.settings import get_settings
+from common.sources import SourceError, read_source
 from producer.client import QueryResult
 
 _TILE = 224
@@ -20,11 +22,11 @@ def _tile(path: str | None) -> Image.Image:
     tile = Image.new("RGB", (_TILE, _TILE), (235, 235, 235))
     if path:
         try:
-            with open(path, "rb") as fh:
-                img = open_rgb(fh.read(), _MAX_PIXELS, target=_TILE)
+            # Matches may be URLs as well as local paths.
+            img = open_rgb(read_source(path, get_settings()), _MAX_PIXELS, target=_TILE)
             img.thumbnail((_TILE, _TILE))
             tile.paste(img, ((_TILE - img.width) // 2, (_TILE - img.height) // 2))
-        except (OSError, ImageError):
+        except (OSError, ImageError, SourceError):
             ImageDraw.Draw(tile).text((10, _TILE // 2), "(unreadable)", fill=(120, 0, 0))
     return tile
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +81,13 @@ def celery_app_for(env: dict[str, str] | None) -> Celery:
     return make_app(
         get_settings().model_copy(update={"redis_url": SecretStr(env["RIS_REDIS_URL"])})
     )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at the moment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:

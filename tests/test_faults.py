@@ -26,13 +26,7 @@ from common.local_redis import start_redis
 from common.settings import Settings, get_settings
 from common.store import ImageStore, path_id
 from producer.client import Producer
-from tests.helpers import ROOT, celery_app_for, run_cli, start_worker, stop_worker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import ROOT, celery_app_for, free_port, run_cli, start_worker, stop_worker
 
 
 def _wait_port(port: int, up: bool, timeout: float = 30) -> None:
@@ -116,7 +110,7 @@ class Cluster:
 def cluster(tmp_root: Path) -> Iterator[Cluster]:
     root = tmp_root / "faults"
     (root / "redis").mkdir(parents=True)
-    redis_port, milvus_port = _free_port(), _free_port()
+    redis_port, milvus_port = free_port(), free_port()
     env = {
         "RIS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "RIS_MILVUS_URI": f"http://127.0.0.1:{milvus_port}",

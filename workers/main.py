@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from common.celery_app import QUEUES, app
+from common.celery_app import app, is_gpu_queue
 from common.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -14,11 +14,13 @@ def run_worker(
     queues: list[str], concurrency: int, loglevel: str = "INFO", hostname: str | None = None
 ) -> None:
     """Run a worker in this process until it is stopped."""
-    unknown = set(queues) - set(QUEUES)
-    if unknown:
-        raise SystemExit(f"unknown queue(s) {sorted(unknown)}; choose from {list(QUEUES)}")
     settings = get_settings()
-    if "gpu" in queues and settings.device != "cuda":
+    unknown = set(queues) - set(settings.queues)
+    if unknown:
+        raise SystemExit(
+            f"unknown queue(s) {sorted(unknown)}; choose from {settings.queues} (RIS_QUEUES)"
+        )
+    if any(map(is_gpu_queue, queues)) and settings.device != "cuda":
         # A gpu-queue worker that silently ran on the CPU would hide a misconfiguration.
         raise SystemExit("a gpu-queue worker needs RIS_DEVICE=cuda (and a CUDA device)")
     if settings.device == "cuda":

@@ -112,6 +112,10 @@ def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
             failed[path] = str(exc)
             continue
         payload[path] = (data, hashlib.sha256(data).hexdigest())
+    # Visible as the task's state (AsyncResult, Flower) while the chunk is embedded.
+    self.update_state(
+        state="EMBEDDING", meta={"job_id": job_id, "paths": len(paths), "unreadable": len(failed)}
+    )
 
     try:
         known = ctx.store.known_hashes([path_id(p) for p in payload])

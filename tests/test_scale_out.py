@@ -1,0 +1,169 @@
+"""Running across machines: queue routing between workers, Flower's view of real jobs, images
+read over HTTP instead of a shared mount, and the compose file."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from celery.result import AsyncResult
+
+from common.settings import get_settings
+from producer.client import Producer
+from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
+
+
+def test_tasks_go_to_the_queue_asked_for(photos: Path, worker: subprocess.Popen[bytes]) -> None:
+    """Two worker processes on two queues: each chunk and query runs where it was sent."""
+    env = {"RIS_QUEUES": "cpu,gpu,bulk", "RIS_CHUNK_SIZE": "3"}
+    bulk = start_worker("bulk", "bulk-1@%h", env=env)
+    try:
+        settings = get_settings().model_copy(update={"queues": ["cpu", "gpu", "bulk"]})
+        settings = settings.model_copy(update={"chunk_size": 3})
+        producer = Producer(settings)
+        images = sorted(str(p) for p in photos.iterdir())[:6]
+        on_bulk = producer.ingest(images[:3], queue="bulk")
+        on_cpu = producer.ingest(images[3:], queue="cpu")
+        for job in (on_bulk, on_cpu):
+            assert producer.wait(job, timeout_s=120).failed == 0
+        query = producer.submit_query(images[0], top_k=3, queue="bulk")
+        assert producer.collect(query).hits[0].path == images[0]
+
+        def ran_on(task_id: str) -> str:
+            return str(AsyncResult(task_id, app=producer.app).worker).split("@")[0]
+
+        assert ran_on(f"{on_bulk}-000000") == "bulk-1"
+        assert ran_on(query) == "bulk-1"
+        assert ran_on(f"{on_cpu}-000000") == "cpu-main"
+    finally:
+        stop_worker(bulk)
+
+
+def test_gpu_worker_without_cuda_refuses_to_start() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli("worker", "--queue", "gpu", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "RIS_DEVICE=cuda" in proc.stderr
+    proc = run_cli("worker", "--queue", "gpu", env={"RIS_DEVICE": "cuda"}, check=False)
+    assert proc.returncode != 0
+    assert "cannot start a GPU worker" in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def flower(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "flower", "--db", str(tmp_path / "flower.db")],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "RIS_FLOWER_PORT": str(port),
+            "RIS_FLOWER_BASIC_AUTH": "watcher:s3cret",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"{url}/healthcheck", timeout=1)
+            break
+        except requests.ConnectionError:
+            assert proc.poll() is None, "flower exited"
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_flower_shows_the_tasks_of_a_real_job(
+    flower: str, photos: Path, producer: Producer, worker: subprocess.Popen[bytes]
+) -> None:
+    assert requests.get(f"{flower}/api/tasks", timeout=5).status_code == 401
+    time.sleep(2)  # Flower subscribes to the worker's events before the job starts
+    images = sorted(str(p) for p in photos.iterdir())[:4]
+    job = producer.ingest(images, job_id=f"flower-{os.urandom(3).hex()}")
+    producer.wait(job, timeout_s=120)
+    query = producer.submit_query(images[0], top_k=2)
+    producer.collect(query)
+
+    auth = ("watcher", "s3cret")
+    chunk_id = f"{job}-000000"
+    tasks: dict[str, Any] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        tasks = requests.get(f"{flower}/api/tasks", auth=auth, timeout=5).json()
+        if all(tasks.get(t, {}).get("state") == "SUCCESS" for t in (chunk_id, query)):
+            break
+        time.sleep(0.5)
+    chunk, search = tasks[chunk_id], tasks[query]
+    assert chunk["state"] == "SUCCESS" and search["state"] == "SUCCESS"
+    assert chunk["name"] == "ris.ingest_chunk" and search["name"] == "ris.search"
+    assert f"job={job}, chunk #0: 4 paths" in chunk["args"]
+    assert Path(images[0]).name in search["args"]
+    assert chunk["worker"].startswith("cpu-main@")
+
+
+@pytest.fixture
+def http_photos(photos: Path) -> Iterator[str]:
+    """The photos served over HTTP on loopback, as from a machine with no shared mount."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(photos))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_images_are_read_from_urls(
+    http_photos: str, photos: Path, tmp_path: Path, producer: Producer, worker: Any
+) -> None:
+    names = sorted(p.name for p in photos.iterdir())[:5]
+    listing = tmp_path / "urls.txt"
+    listing.write_text("".join(f"{http_photos}/{n}\n" for n in [*names, "no-such.jpg"]))
+    out = run_cli("ingest", str(listing), "--quiet").stdout
+    assert "5 indexed" in out and "1 failed" in out, out
+    assert "no-such.jpg: no such file (URL not found)" in out
+    # The same photo may be indexed from its local path too (other tests): a tie at the top.
+    hits = producer.search([str(photos / names[2])], top_k=3)[0].hits
+    by_path = {h.path: h.score for h in hits}
+    assert by_path.get(f"{http_photos}/{names[2]}", 0) > 0.99, by_path
+
+
+def test_compose_file_describes_the_stack() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    expected = {"redis", "etcd", "minio", "milvus", "worker-cpu", "worker-gpu", "flower"}
+    assert expected | {"producer"} <= set(services)
+    for name in ("redis", "etcd", "minio", "milvus"):
+        assert "healthcheck" in services[name], name
+        assert ":" in services[name]["image"] and not services[name]["image"].endswith("latest")
+    assert "--requirepass" in " ".join(services["redis"]["command"])
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia"
+    assert "RIS_FLOWER_BASIC_AUTH" in str(services["flower"]["environment"])
+    if shutil.which("docker") and (
+        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
+        env = {**os.environ, "REDIS_PASSWORD": "x", "FLOWER_BASIC_AUTH": "a:b"}
+        subprocess.run(
+            ["docker", "compose", "config", "-q"], cwd=ROOT, env=env, check=True, timeout=60
+        )
