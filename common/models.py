@@ -89,6 +89,19 @@ def _load_resnet50() -> torch.nn.Module:
     return Features().eval()
 
 
+def _load_raw_pixels() -> torch.nn.Module:
+    """No learned weights: the image averaged down to 16x16 RGB and centred. The baseline that
+    shows what a CNN adds (``ris eval``)."""
+    import torch
+
+    class RawPixels(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            small = torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1)
+            return small - small.mean(dim=1, keepdim=True)
+
+    return RawPixels().eval()
+
+
 # TF-Lite EfficientNet-Lite models were trained on (x - 127) / 128.
 _LITE_NORM = {"mean": (127.0, 127.0, 127.0), "std": (128.0, 128.0, 128.0)}
 _IMAGENET_NORM = {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)}
@@ -112,6 +125,14 @@ MODELS: dict[str, ModelSpec] = {
         load=_load_resnet50,
         weights_id=lambda: "microsoft/resnet-50",
         **_IMAGENET_NORM,
+    ),
+    "raw-pixels": ModelSpec(
+        name="raw-pixels",
+        dim=768,
+        input_size=64,
+        load=_load_raw_pixels,
+        weights_id=lambda: "none",
+        **_LITE_NORM,
     ),
 }
 
@@ -186,6 +207,9 @@ class Embedder:
         opts = ort.SessionOptions()
         if self.settings.inference_threads:
             opts.intra_op_num_threads = self.settings.inference_threads
+        # Idle inference threads would otherwise spin for a while after each batch, taking the
+        # cores the decoding threads need: measured 163 -> 199 images/s on 2 cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if self.settings.device == "cuda":
             providers.insert(0, "CUDAExecutionProvider")

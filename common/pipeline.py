@@ -1,6 +1,8 @@
 """The embedding pipeline: a towhee ``pipe`` of the project's own registered operators.
 
-``items -> decode (threads, one image each) -> embed (one model call per batch) -> results``
+``items -> decode (threads, one image each) -> window of batch_size -> embed -> results``
+
+Nodes run concurrently: the model embeds one window while the next is being decoded.
 
 Towhee's hub operators download code at run time; these are local and run offline. A bad
 image never fails the pipe: decode turns it into a result carrying the reason.
@@ -102,7 +104,13 @@ class EmbeddingPipeline:
                 ops.ris.decode(settings.model, settings.max_image_pixels),
                 config={"parallel": max(1, settings.decode_threads)},
             )
-            .window_all(("key", "decoded"), "results", ops.ris.embed(settings))
+            .window(
+                ("key", "decoded"),
+                "results",
+                settings.batch_size,
+                settings.batch_size,
+                ops.ris.embed(settings),
+            )
             .output("results")
         )
 
@@ -110,4 +118,5 @@ class EmbeddingPipeline:
         """Embed every item; failures come back as results with ``error`` set, in input order."""
         if not items:
             return []
-        return list(self._pipe(list(items)).get()[0])
+        by_key = {r.key: r for row in self._pipe(list(items)).to_list() for r in row[0]}
+        return [by_key[key] for key, _ in items]

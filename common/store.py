@@ -103,6 +103,15 @@ class ImageStore:
             if not self.client.has_collection(self.name):
                 raise
             self._check_identity()
+            self.client.load_collection(self.name)
+            return
+        if not self.client.list_indexes(self.name):
+            # pymilvus logs a failed index creation but keeps the collection: undo it.
+            self.client.drop_collection(self.name)
+            raise SchemaMismatchError(
+                f"Milvus refused index {self.settings.index_type} "
+                f"{self.settings.index_params} for collection {self.name!r}"
+            )
         self.client.load_collection(self.name)
         log.info("collection %s ready (%s)", self.name, self._identity())
 
@@ -196,6 +205,16 @@ class ImageStore:
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     vec = row["vector"]
     return {**row, "vector": vec.tolist() if isinstance(vec, np.ndarray) else list(vec)}
+
+
+def drop_collection(settings: Settings, name: str | None = None) -> None:
+    """Drop a collection (default: the configured one), whatever model it was built with."""
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    client = MilvusClient(uri=milvus_uri(settings), token=token)
+    try:
+        client.drop_collection(name or settings.collection)
+    finally:
+        client.close()
 
 
 def open_store(settings: Settings) -> ImageStore:

@@ -191,14 +191,58 @@ def cmd_drop(args: argparse.Namespace) -> int:
     if not args.yes:
         print("refusing to drop without --yes", file=sys.stderr)
         return 2
-    from pymilvus import MilvusClient
+    from common.store import drop_collection
 
-    from common.store import milvus_uri
+    drop_collection(get_settings())
+    print(f"dropped collection {get_settings().collection!r}")
+    return 0
 
-    settings = get_settings()
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-    MilvusClient(uri=milvus_uri(settings), token=token).drop_collection(settings.collection)
-    print(f"dropped collection {settings.collection!r}")
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from producer.evaluation import evaluate, evaluate_near_duplicates, load_dataset
+
+    producer = _producer()
+    if not producer.workers_online():
+        print(
+            f"warning: no worker answers; start one with `ris worker --queue {args.queue}`",
+            file=sys.stderr,
+        )
+    if args.near_duplicates:
+        import tempfile
+        from pathlib import Path
+
+        from producer.inputs import expand_inputs
+
+        distractors = list(expand_inputs(args.distractors)) if args.distractors else []
+        with tempfile.TemporaryDirectory(prefix="ris-neardup-") as tmp:
+            nd = evaluate_near_duplicates(
+                producer, args.dataset, Path(tmp), distractors, args.queue
+            )
+        if args.json:
+            print(json.dumps({**asdict(nd), "overall": nd.overall}, indent=2))
+            return 0
+        print(
+            f"near duplicates: {nd.originals} originals among {nd.distractors} distractors, "
+            f"model {nd.model}"
+        )
+        for name, acc in nd.top1.items():
+            print(f"  {name:<14} top-1 {acc:.3f}")
+        print(f"  {'mean':<14} top-1 {nd.overall:.3f}")
+        return 0
+    report = evaluate(producer, load_dataset(args.dataset), args.dataset, args.top_k, args.queue)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+        return 0
+    print(
+        f"model {report.model}: {report.candidates} indexed, {report.queries} queries, "
+        f"top-{report.top_k}"
+    )
+    for n, value in report.precision.items():
+        print(f"  precision@{n:<3} {value:.3f}")
+    print(f"  mHR@{report.top_k:<7} {report.mean_hit_ratio:.3f}")
+    print(f"  mAP@{report.top_k:<7} {report.mean_average_precision:.3f}")
+    print(f"  ingest {report.ingest_per_s:.1f} images/s, queries {report.queries_per_s:.1f}/s")
+    _print_failures(report.failed)
     return 0
 
 
@@ -274,6 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_drop)
 
+    p = sub.add_parser("eval", help="retrieval quality on a labelled dataset (or near duplicates)")
+    p.add_argument(
+        "dataset",
+        help="train/ + test/ folders, a CSV (path,label[,split]), or with "
+        "--near-duplicates a folder of originals",
+    )
+    p.add_argument("-k", "--top-k", type=int, default=10)
+    p.add_argument("--queue", default=queues[0], choices=queues)
+    p.add_argument(
+        "--near-duplicates",
+        action="store_true",
+        help="query with transformed copies of each image; top-1 per transform",
+    )
+    p.add_argument("--distractors", nargs="*", help="more images to index (near-duplicate mode)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("demo", help="index sample photos and answer a query, all local")
     p.add_argument("folder", nargs="?", help="images to index (default: bundled sample photos)")
     p.add_argument("--out", default="ris_data/demo_grid.png", help="result grid picture")
@@ -296,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from common.store import SchemaMismatchError
+        from producer.evaluation import DatasetError
 
-        if isinstance(exc, (SchemaMismatchError, TimeoutError, ConnectionError)):
+        if isinstance(exc, (SchemaMismatchError, TimeoutError, ConnectionError, DatasetError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -22,7 +22,7 @@ from redis import RedisError
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
 from common.jobs import JobProgress, JobTracker, redis_client
 from common.settings import Settings, get_settings
-from common.store import Hit, ImageStore, open_store
+from common.store import Hit, ImageStore, drop_collection, open_store
 
 
 class QueryError(ValueError):
@@ -52,13 +52,24 @@ class Producer:
         self.settings = settings
         self.app = celery or (app if settings == get_settings() else make_app(settings))
         self.tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
-        self._store: ImageStore | None = None
+        self._stores: dict[str, ImageStore] = {}
 
     @property
     def store(self) -> ImageStore:
-        if self._store is None:
-            self._store = open_store(self.settings)
-        return self._store
+        """The configured collection."""
+        return self.store_for(None)
+
+    def store_for(self, collection: str | None) -> ImageStore:
+        """The store of ``collection`` (default: the configured one)."""
+        name = collection or self.settings.collection
+        if name not in self._stores:
+            self._stores[name] = open_store(self.settings.model_copy(update={"collection": name}))
+        return self._stores[name]
+
+    def drop_collection(self, collection: str) -> None:
+        """Drop ``collection`` (all its rows) if it exists."""
+        drop_collection(self.settings, collection)
+        self._stores.pop(collection, None)
 
     # --- ingestion -------------------------------------------------------------------------
     def job_id_for(self, inputs: list[str], queue: str) -> str:
@@ -78,8 +89,10 @@ class Producer:
         queue: str = "cpu",
         job_id: str | None = None,
         on_enqueued: Callable[[int], None] | None = None,
+        collection: str | None = None,
     ) -> str:
-        """Enqueue ``paths`` in chunks and return the job id.
+        """Enqueue ``paths`` in chunks and return the job id (into ``collection``, default the
+        configured one).
 
         Resumable: if ``job_id`` names a job whose enqueueing was interrupted, the chunks it
         already sent are skipped (inputs expand in a stable order), so none is sent twice.
@@ -94,6 +107,7 @@ class Producer:
             self.app.send_task(
                 INGEST_TASK,
                 args=(job_id, chunk),
+                kwargs={"collection": collection} if collection else {},
                 queue=queue,
                 task_id=f"{job_id}-{number:06d}",
                 argsrepr=f"(job={job_id}, chunk #{number}: {len(chunk)} paths, "
@@ -136,7 +150,9 @@ class Producer:
             time.sleep(poll_s)
 
     # --- queries ---------------------------------------------------------------------------
-    def submit_query(self, image_path: str, top_k: int, queue: str = "cpu") -> str:
+    def submit_query(
+        self, image_path: str, top_k: int, queue: str = "cpu", collection: str | None = None
+    ) -> str:
         """Send one query image (its bytes travel with the task) and return the task id."""
         try:
             size = os.path.getsize(image_path)
@@ -155,6 +171,7 @@ class Producer:
         self.app.send_task(
             SEARCH_TASK,
             args=(os.path.abspath(image_path), base64.b64encode(data).decode("ascii"), top_k),
+            kwargs={"collection": collection} if collection else {},
             queue=queue,
             task_id=task_id,
             argsrepr=f"(query={os.path.basename(image_path)!r}, top_k={top_k})",
@@ -167,11 +184,12 @@ class Producer:
         return self.resolve(payload)
 
     def resolve(self, payload: dict[str, Any]) -> QueryResult:
-        """Turn a query task's ``[id, score]`` pairs into hits with their paths."""
+        """Turn a query task's ``[id, score]`` pairs into hits with their paths, read from the
+        collection the worker searched."""
         if payload.get("error"):
             return QueryResult(payload["query"], error=payload["error"])
         pairs = [(int(i), float(s)) for i, s in payload["hits"]]
-        fields = self.store.resolve([i for i, _ in pairs])
+        fields = self.store_for(payload.get("collection")).resolve([i for i, _ in pairs])
         hits = [Hit(i, s, **fields[i]) for i, s in pairs if i in fields]
         return QueryResult(payload["query"], hits, timing_ms=payload.get("timing_ms", {}))
 
@@ -181,12 +199,14 @@ class Producer:
         top_k: int,
         queue: str = "cpu",
         timeout_s: float | None = 120.0,
+        collection: str | None = None,
     ) -> list[QueryResult]:
         """Submit all queries at once, then collect them in order."""
         submitted: list[tuple[str, str | None, str | None]] = []
         for path in image_paths:
             try:
-                submitted.append((path, self.submit_query(path, top_k, queue), None))
+                task_id = self.submit_query(path, top_k, queue, collection)
+                submitted.append((path, task_id, None))
             except QueryError as exc:
                 submitted.append((path, None, str(exc)))
         return [

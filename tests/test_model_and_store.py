@@ -63,3 +63,13 @@ def test_collection_refuses_another_model() -> None:
     with pytest.raises(SchemaMismatchError, match="efficientnet-lite0"):
         ImageStore(settings, "resnet50", 2048)
     store.drop()
+
+
+def test_milvus_lite_refuses_server_only_index_types() -> None:
+    from pydantic import ValidationError
+
+    from common.settings import Settings
+
+    with pytest.raises(ValidationError, match="HNSW needs a Milvus server"):
+        Settings(milvus_uri="some.db", index_type="HNSW")
+    assert Settings(milvus_uri="http://milvus:19530", index_type="HNSW").index_type == "HNSW"

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -39,17 +39,19 @@ class WorkerContext:
     settings: Settings
     pipeline: EmbeddingPipeline
     tracker: JobTracker
-    _store: ImageStore | None = None
+    _stores: dict[str, ImageStore] = field(default_factory=dict)
 
-    @property
-    def store(self) -> ImageStore:
-        # Opened on first use, so a worker starts (and loads its model) while Milvus is down.
-        if self._store is None:
-            self._store = open_store(self.settings)
-        return self._store
+    def store(self, collection: str | None = None) -> ImageStore:
+        """The store of ``collection`` (default: the configured one), opened on first use, so
+        a worker starts (and loads its model) while Milvus is down."""
+        name = collection or self.settings.collection
+        if name not in self._stores:
+            self._stores[name] = open_store(self.settings.model_copy(update={"collection": name}))
+        return self._stores[name]
 
-    def reset_store(self) -> None:
-        self._store = None
+    def reset_stores(self) -> None:
+        """Forget every client after a Milvus error: the next use reconnects."""
+        self._stores.clear()
 
 
 @lru_cache(maxsize=1)
@@ -99,8 +101,11 @@ def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     retry_jitter=True,
     max_retries=_SETTINGS.task_max_retries,
 )
-def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
-    """Read, embed and upsert ``paths``; record each path's outcome in the job's progress."""
+def ingest_chunk(
+    self: Task, job_id: str, paths: list[str], collection: str | None = None
+) -> dict[str, Any]:
+    """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one);
+    record each path's outcome in the job's progress."""
     ctx = context()
     started = time.perf_counter()
     failed: dict[str, str] = {}
@@ -118,9 +123,10 @@ def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
     )
 
     try:
-        known = ctx.store.known_hashes([path_id(p) for p in payload])
+        store = ctx.store(collection)
+        known = store.known_hashes([path_id(p) for p in payload])
     except RETRYABLE:
-        ctx.reset_store()
+        ctx.reset_stores()
         raise
     unchanged = [p for p, (_, sha) in payload.items() if known.get(path_id(p)) == sha]
     todo = [(p, data) for p, (data, sha) in payload.items() if known.get(path_id(p)) != sha]
@@ -143,9 +149,9 @@ def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
             }
         )
     try:
-        ctx.store.upsert(rows)
+        store.upsert(rows)
     except RETRYABLE:
-        ctx.reset_store()
+        ctx.reset_stores()
         raise
     indexed = [r["path"] for r in rows]
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
@@ -174,7 +180,7 @@ def ingest_chunk(self: Task, job_id: str, paths: list[str]) -> dict[str, Any]:
     retry_backoff=1,
     max_retries=3,
 )
-def search(name: str, image_b64: str, top_k: int) -> dict[str, Any]:
+def search(name: str, image_b64: str, top_k: int, collection: str | None = None) -> dict[str, Any]:
     """Embed one query image and return the ids and scores of its nearest indexed images."""
     ctx = context()
     started = time.perf_counter()
@@ -183,14 +189,16 @@ def search(name: str, image_b64: str, top_k: int) -> dict[str, Any]:
         return {"query": name, "error": result.error}
     embedded = time.perf_counter()
     try:
-        hits = ctx.store.search(result.vector, top_k)[0]
+        store = ctx.store(collection)
+        hits = store.search(result.vector, top_k)[0]
     except RETRYABLE:
-        ctx.reset_store()
+        ctx.reset_stores()
         raise
     done = time.perf_counter()
     return {
         "query": name,
         "hits": [[i, score] for i, score in hits],
+        "collection": store.name,
         "metric": ctx.settings.metric,
         "timing_ms": {
             "embed": round((embedded - started) * 1000, 2),

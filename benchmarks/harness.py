@@ -1,0 +1,187 @@
+"""What both benchmarks need: a deterministic image set, a private Redis + Milvus Lite server,
+real ``ris worker`` processes, and memory readings of those processes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageEnhance, ImageOps
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "ris_data" / "bench"
+
+
+def machine() -> str:
+    """A one-line description of this machine, printed beside every figure."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def benchmark_images(n: int) -> list[Path]:
+    """``n`` distinct photo-like JPEGs (about 640x480): random crops, flips and tone changes of
+    the photos scikit-image and scikit-learn ship. Made once and cached under ris_data/bench."""
+    from producer.demo import sample_photos
+
+    folder = DATA / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img_{i:05d}.jpg" for i in range(n)]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    if missing:
+        photos = [
+            Image.open(p).convert("RGB") for p in sorted(sample_photos(DATA / "src").iterdir())
+        ]
+        for i in missing:
+            rng = random.Random(i)
+            src = photos[i % len(photos)]
+            w, h = src.size
+            cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            img = src.crop((x, y, x + cw, y + ch)).resize((640, 480))
+            if rng.random() < 0.5:
+                img = ImageOps.mirror(img)
+            img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+            img.save(paths[i], "JPEG", quality=rng.randint(80, 95))
+    return paths
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of process ``pid`` in MiB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (a Celery worker's pool processes)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@dataclass
+class LocalCluster:
+    """A private Redis and Milvus Lite server, and the ``RIS_*`` environment that points at them."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _redis: subprocess.Popen[bytes] | None = None
+    _tmp: Path | None = None
+
+    def __enter__(self) -> LocalCluster:
+        from common.local_redis import start_redis
+
+        self._tmp = Path(tempfile.mkdtemp(prefix="ris-bench-"))
+        url, self._redis = start_redis(workdir=self._tmp)
+        self.env = {
+            "RIS_REDIS_URL": url,
+            "RIS_MILVUS_URI": str(self._tmp / "bench.db"),
+            "RIS_COLLECTION": f"bench_{uuid.uuid4().hex[:6]}",
+        }
+        os.environ.update(self.env)
+        from common.settings import get_settings
+
+        get_settings.cache_clear()
+        return self
+
+    def new_collection(self, **extra: str) -> None:
+        """Point at a fresh, empty collection (and any other setting changes)."""
+        from common.settings import get_settings
+
+        self.env.update({"RIS_COLLECTION": f"bench_{uuid.uuid4().hex[:6]}", **extra})
+        os.environ.update(self.env)
+        get_settings.cache_clear()
+
+    def start_workers(self, count: int, concurrency: int = 1, **extra: str) -> None:
+        """Start ``count`` real ``ris worker`` processes and wait until each answers a ping."""
+        from common.celery_app import make_app
+        from common.settings import get_settings
+
+        app = make_app(get_settings())
+        names = []
+        for _ in range(count):
+            name = f"bench-{uuid.uuid4().hex[:6]}"
+            names.append(name)
+            self.workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "producer.cli",
+                        "worker",
+                        "--queue",
+                        "cpu",
+                        "--concurrency",
+                        str(concurrency),
+                        "--hostname",
+                        f"{name}@%h",
+                        "--loglevel",
+                        "WARNING",
+                    ],
+                    cwd=ROOT,
+                    env={**os.environ, **self.env, **extra},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            replies = app.control.ping(timeout=0.5) or []
+            up = {n.split("@")[0] for r in replies for n in r}
+            if up >= set(names):
+                self._warm_up(2 * count * concurrency)
+                return
+            time.sleep(0.5)
+        raise RuntimeError("workers did not start")
+
+    def _warm_up(self, queries: int) -> None:
+        # A worker answers pings before its pool processes have loaded the model: run a few
+        # queries so that no timed run pays for loading.
+        from common.settings import get_settings
+        from producer.client import Producer
+
+        probe = DATA / "warmup.jpg"
+        Image.new("RGB", (64, 64), (90, 120, 150)).save(probe)
+        producer = Producer(get_settings())
+        for task_id in [producer.submit_query(str(probe), 1) for _ in range(queries)]:
+            producer.collect(task_id, timeout_s=300)
+
+    def worker_pids(self) -> list[int]:
+        """The pool processes that do the work (children of each worker)."""
+        return [c for w in self.workers for c in children(w.pid)] or [w.pid for w in self.workers]
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.terminate()
+        for w in self.workers:
+            w.wait(60)
+        self.workers.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        from common.lite_server import stop_lite_server
+
+        self.stop_workers()
+        if self._tmp is not None:
+            stop_lite_server(self._tmp / "bench.db")
+        if self._redis is not None:
+            self._redis.terminate()
+            self._redis.wait(10)

@@ -1,0 +1,239 @@
+"""Query benchmark: ``ris search`` latency and throughput through the real task path, and the
+recall of the configured index against exact search, at 10k and 100k indexed vectors.
+
+    python benchmarks/query.py [--sizes 10000,100000] [--queries 200] [--index HNSW]
+
+The index holds the embeddings of real photos plus synthetic vectors drawn around them (noisy
+copies of real embeddings, so they cluster as real ones do). Queries are altered copies of
+indexed photos, sent as ``ris search`` sends them: image bytes in a Celery task, embedded and
+searched by a worker, ids resolved to paths against Milvus. The baseline in the same run is
+exact (FLAT) search over the same vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import LocalCluster, benchmark_images, machine
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def real_embeddings(paths: list[Path]) -> np.ndarray:
+    from common.pipeline import EmbeddingPipeline
+    from common.settings import get_settings
+
+    pipeline = EmbeddingPipeline(get_settings())
+    results = pipeline([(str(p), p.read_bytes()) for p in paths])
+    return np.stack([r.vector for r in results])
+
+
+def synthetic(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` unit vectors drawn from a Gaussian with the real embeddings' mean and covariance:
+    no tight clusters, so a query's neighbours spread over many index cells (the hard case
+    for an approximate index)."""
+    rng = np.random.default_rng(seed)
+    mean = real.mean(axis=0)
+    _, sv, vt = np.linalg.svd(real - mean, full_matrices=False)
+    scale = sv / np.sqrt(len(real) - 1)
+    z = rng.standard_normal((n, len(sv))).astype(np.float32)
+    vecs = mean + (z * scale) @ vt
+    return (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(store: Any, real_paths: list[Path], real: np.ndarray, extra: np.ndarray) -> None:
+    rows = [
+        {
+            "id": i,
+            "vector": v,
+            "path": str(p),
+            "sha256": "",
+            "width": 0,
+            "height": 0,
+            "ingested_at": 0,
+        }
+        for i, (p, v) in enumerate(zip(real_paths, real, strict=True))
+    ]
+    rows += [
+        {
+            "id": len(real) + i,
+            "vector": v,
+            "path": f"synthetic/{i}",
+            "sha256": "",
+            "width": 0,
+            "height": 0,
+            "ingested_at": 0,
+        }
+        for i, v in enumerate(extra)
+    ]
+    for start in range(0, len(rows), 1000):
+        store.client.insert(store.name, [_row(r) for r in rows[start : start + 1000]])
+    store.flush()
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    return {**r, "vector": r["vector"].tolist()}
+
+
+def altered(path: Path) -> bytes:
+    """A 70% JPEG re-encoded copy: what a user searches with."""
+    with Image.open(path) as img:
+        small = img.convert("RGB").resize((img.width * 7 // 10, img.height * 7 // 10))
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=75)
+    return buf.getvalue()
+
+
+def end_to_end(producer: Any, queries: list[Path], top_k: int) -> dict[str, Any]:
+    """One ``ris search`` at a time: submit, wait, resolve; and the worker's own timings."""
+    total, search, hits = [], [], 0
+    for q in queries:
+        started = time.perf_counter()
+        res = producer.search([str(q)], top_k)[0]
+        total.append((time.perf_counter() - started) * 1000)
+        search.append(res.timing_ms["search"])
+        hits += bool(res.hits) and res.hits[0].path is not None
+    return {"e2e": total, "search": search, "resolved": hits}
+
+
+def throughput(producer: Any, queries: list[Path], top_k: int) -> float:
+    """Queries per second with every query task submitted at once."""
+    started = time.perf_counter()
+    ids = [producer.submit_query(str(q), top_k) for q in queries]
+    for task_id in ids:
+        producer.collect(task_id)
+    return len(queries) / (time.perf_counter() - started)
+
+
+def recall_at(store: Any, all_vecs: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Mean overlap of the index's top-k with the exact top-k (numpy, inner product)."""
+    exact = np.argsort(-(queries @ all_vecs.T), axis=1)[:, :k]
+    found = store.search(queries, k)
+    return float(
+        np.mean(
+            [
+                len(set(e.tolist()) & {i for i, _ in f}) / k
+                for e, f in zip(exact, found, strict=True)
+            ]
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--index", default="IVF_FLAT", help="index under test (baseline: FLAT)")
+    parser.add_argument("--index-params", default='{"nlist": 1024}')
+    parser.add_argument("--search-params", default='{"nprobe": 32}')
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    print(f"machine: {machine()}")
+    real_paths = benchmark_images(1000)
+    queries = real_paths[: args.queries]
+    qdir = Path("ris_data/bench/queries")
+    qdir.mkdir(parents=True, exist_ok=True)
+    query_files = []
+    for p in queries:
+        target = qdir / p.name
+        if not target.exists():
+            target.write_bytes(altered(p))
+        query_files.append(target)
+
+    rows_out = []
+    with LocalCluster() as cluster:
+        from common.settings import get_settings
+        from common.store import open_store
+        from producer.client import Producer
+
+        real = real_embeddings(real_paths)
+        query_vecs = real_embeddings(query_files)
+        for size in sizes:
+            extra = synthetic(real, size - len(real))
+            all_vecs = np.concatenate([real, extra])
+            for index, iparams, sparams in (
+                ("FLAT", "{}", "{}"),
+                (args.index, args.index_params, args.search_params),
+            ):
+                cluster.new_collection(
+                    RIS_INDEX_TYPE=index, RIS_INDEX_PARAMS=iparams, RIS_SEARCH_PARAMS=sparams
+                )
+                settings = get_settings()
+                store = open_store(settings)
+                started = time.perf_counter()
+                fill(store, real_paths, real, extra)
+                load_s = time.perf_counter() - started
+                recall = recall_at(store, all_vecs, query_vecs, args.top_k)
+                cluster.start_workers(1)
+                producer = Producer(settings)
+                producer.search([str(query_files[0])], args.top_k)  # warm up
+                e2e = end_to_end(producer, query_files, args.top_k)
+                qps1 = throughput(producer, query_files, args.top_k)
+                cluster.stop_workers()
+                cluster.start_workers(2, RIS_INFERENCE_THREADS="1")
+                qps2 = throughput(producer, query_files, args.top_k)
+                cluster.stop_workers()
+                row = {
+                    "size": size,
+                    "index": index,
+                    "insert_s": load_s,
+                    "search_p50": _pct(e2e["search"], 50),
+                    "search_p95": _pct(e2e["search"], 95),
+                    "e2e_p50": _pct(e2e["e2e"], 50),
+                    "e2e_p95": _pct(e2e["e2e"], 95),
+                    "recall": recall,
+                    "qps1": qps1,
+                    "qps2": qps2,
+                }
+                rows_out.append(row)
+                print(
+                    json.dumps(
+                        {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+                    ),
+                    flush=True,
+                )
+                store.drop()
+
+    print()
+    print(f"Queries ({args.queries} altered photos, top-{args.top_k}), {machine()}")
+    print(f"index under test: {args.index} {args.index_params} search {args.search_params}")
+    header = (
+        f"{'vectors':>8} {'index':<9} {'search p50/p95 ms':>18} {'e2e p50/p95 ms':>16} "
+        f"{'recall@' + str(args.top_k):>10} {'qps 1w':>7} {'qps 2w':>7}"
+    )
+    print(header)
+    for r in rows_out:
+        print(
+            f"{r['size']:>8} {r['index']:<9} {r['search_p50']:>8.1f} / {r['search_p95']:<7.1f}"
+            f"{r['e2e_p50']:>7.1f} / {r['e2e_p95']:<7.1f}{r['recall']:>10.3f}"
+            f"{r['qps1']:>8.1f}{r['qps2']:>8.1f}"
+        )
+    for size in sizes:
+        base, test = (
+            next(r for r in rows_out if r["size"] == size and r["index"] == ix)
+            for ix in ("FLAT", args.index)
+        )
+        print(
+            f"{size}: {args.index} search p50 is {base['search_p50'] / test['search_p50']:.1f}x "
+            f"faster than FLAT, recall {test['recall']:.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
