@@ -177,9 +177,12 @@ class LocalCluster:
         self.workers.clear()
 
     def __exit__(self, *exc: object) -> None:
+        import gc
+
         from common.lite_server import stop_lite_server
 
         self.stop_workers()
+        gc.collect()  # finished AsyncResults unsubscribe from Redis while it still runs
         if self._tmp is not None:
             stop_lite_server(self._tmp / "bench.db")
         if self._redis is not None:

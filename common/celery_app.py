@@ -30,7 +30,12 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu scans for messages of dead workers on every 10th tick of this interval;
+            # keep the scan period well under the visibility timeout (10 s ticks by default).
+            "unacked_restore_interval": min(10, max(1, settings.visibility_timeout_s // 100)),
+        },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         # Publishing rides out a broker restart of about half a minute.

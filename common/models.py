@@ -1,7 +1,8 @@
 """The embedding models: which ones exist, how each is loaded, exported and run.
 
 Every model is a pretrained CNN cut before its classifier: the output is the globally
-average-pooled feature map, L2-normalised, so inner product equals cosine similarity.
+average-pooled feature map, L2-normalised, so inner product equals cosine similarity. One
+more, ``raw-pixels``, has no weights: the baseline that shows what the CNNs add.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     model: str = "efficientnet-lite0"
     runtime: Literal["onnx", "torch"] = "onnx"
     device: Literal["cpu", "cuda"] = "cpu"
-    # fp16 on CUDA only; ignored on CPU.
+    # Half precision with RIS_RUNTIME=torch on CUDA; ignored elsewhere.
     fp16: bool = False
     model_cache_dir: Path = Path.home() / ".cache" / "ris"
     # 0 lets onnxruntime pick (all cores); set 1 when running several worker processes.

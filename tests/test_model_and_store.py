@@ -39,6 +39,19 @@ def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
     assert np.max(sims[~np.eye(4, dtype=bool)]) < 0.9
 
 
+def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> None:
+    import torch
+
+    from common.models import Embedder
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    base = get_settings().model_copy(update={"runtime": "torch", "device": "cuda"})
+    fp32 = Embedder(base).embed(batch)
+    fp16 = Embedder(base.model_copy(update={"fp16": True})).embed(batch)
+    assert np.min(np.sum(fp32 * fp16, axis=1)) > 1 - 1e-2
+
+
 def test_onnx_export_is_cached(tmp_path: Path) -> None:
     spec = get_spec("efficientnet-lite0")
     first = export_onnx(spec, tmp_path)
