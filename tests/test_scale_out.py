@@ -29,8 +29,9 @@ def test_tasks_go_to_the_queue_asked_for(photos: Path, worker: subprocess.Popen[
     env = {"RIS_QUEUES": "cpu,gpu,bulk", "RIS_CHUNK_SIZE": "3"}
     bulk = start_worker("bulk", "bulk-1@%h", env=env)
     try:
-        settings = get_settings().model_copy(update={"queues": ["cpu", "gpu", "bulk"]})
-        settings = settings.model_copy(update={"chunk_size": 3})
+        settings = get_settings().model_copy(
+            update={"queues": ["cpu", "gpu", "bulk"], "chunk_size": 3}
+        )
         producer = Producer(settings)
         images = sorted(str(p) for p in photos.iterdir())[:6]
         on_bulk = producer.ingest(images[:3], queue="bulk")
