@@ -45,12 +45,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     producer = _producer()
     paths = expand_inputs(args.inputs)
-    job_id = args.job_id or producer.job_id_for(args.inputs, args.queue)
+    job_id = args.job_id or producer.job_id_for(args.inputs, args.queue, args.collection)
     resumed = producer.tracker.resume_point(job_id)
     if resumed:
         print(f"job {job_id}: resuming after {resumed[1]} paths already enqueued", flush=True)
     print(f"job {job_id}: enqueueing to queue {args.queue!r}", flush=True)
-    job_id = producer.ingest(paths, queue=args.queue, job_id=job_id)
+    job_id = producer.ingest(paths, queue=args.queue, job_id=job_id, collection=args.collection)
     progress = producer.progress(job_id)
     print(f"job {job_id}: {progress.total} paths enqueued", flush=True)
     if args.no_wait or progress.total == 0:
@@ -125,11 +125,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.no_wait:
         for path in args.images:
             try:
-                print(f"{producer.submit_query(path, top_k, args.queue)}  {path}")
+                print(f"{producer.submit_query(path, top_k, args.queue, args.collection)}  {path}")
             except QueryError as exc:
                 print(f"error: {exc}", file=sys.stderr)
         return 0
-    results: list[QueryResult] = producer.search(args.images, top_k, args.queue, args.timeout)
+    results: list[QueryResult] = producer.search(
+        args.images, top_k, args.queue, args.timeout, args.collection
+    )
     return _show_results(results, args)
 
 
@@ -262,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+")
     p.add_argument("--queue", default=queues[0], choices=queues)
     p.add_argument("--job-id", help="reuse a job id (resume an interrupted ingest)")
+    p.add_argument("--collection", help="index into this collection (default RIS_COLLECTION)")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -278,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--top-k", type=int, default=None)
     p.add_argument("--queue", default=queues[0], choices=queues)
     p.add_argument("--no-wait", action="store_true", help="print task ids; see `ris result`")
+    p.add_argument("--collection", help="search this collection (default RIS_COLLECTION)")
     p.add_argument("--show", metavar="GRID.png", help="draw the query and matches to a picture")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=120.0)

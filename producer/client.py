@@ -72,10 +72,12 @@ class Producer:
         self._stores.pop(collection, None)
 
     # --- ingestion -------------------------------------------------------------------------
-    def job_id_for(self, inputs: list[str], queue: str) -> str:
+    def job_id_for(self, inputs: list[str], queue: str, collection: str | None = None) -> str:
         """A job id derived from the inputs, so re-running an interrupted ``ris ingest``
         resumes its job; once that job was fully enqueued, a fresh (suffixed) id."""
-        key = "\0".join([queue, *(i if "://" in i else os.path.abspath(i) for i in inputs)])
+        target = collection or self.settings.collection
+        paths = (i if "://" in i else os.path.abspath(i) for i in inputs)
+        key = "\0".join([queue, target, *paths])
         base = hashlib.sha1(key.encode()).hexdigest()[:12]
         job_id, n = base, 1
         while self.tracker.is_complete(job_id):

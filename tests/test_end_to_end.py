@@ -174,3 +174,19 @@ def test_delete_by_path_and_prefix(tmp_path: Path, photos: Path, producer) -> No
     assert len(producer.store.resolve(ids)) == 2
     run_cli("delete", "--prefix", str(folder))
     assert producer.store.resolve(ids) == {}
+
+
+def test_a_second_collection_is_indexed_and_searched_apart(
+    photos: Path, tmp_path: Path, producer
+) -> None:
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        shutil.copy(photos / name, folder / name)
+    other = "second_collection"
+    producer.drop_collection(other)
+    run_cli("ingest", str(folder), "--collection", other, "--quiet")
+    assert producer.store_for(other).count() == 2
+    out = run_cli("search", str(photos / "coffee.png"), "--collection", other, "-k", "2").stdout
+    hits = [line for line in out.splitlines() if "score=" in line]
+    assert len(hits) == 2 and hits[0].endswith(str(folder / "coffee.png"))
