@@ -111,7 +111,9 @@ class LocalCluster:
         os.environ.update(self.env)
         get_settings.cache_clear()
 
-    def start_workers(self, count: int, concurrency: int = 1, **extra: str) -> None:
+    def start_workers(
+        self, count: int, concurrency: int = 1, queue: str = "cpu", **extra: str
+    ) -> None:
         """Start ``count`` real ``ris worker`` processes and wait until each answers a ping."""
         from common.celery_app import make_app
         from common.settings import get_settings
@@ -129,7 +131,7 @@ class LocalCluster:
                         "producer.cli",
                         "worker",
                         "--queue",
-                        "cpu",
+                        queue,
                         "--concurrency",
                         str(concurrency),
                         "--hostname",
@@ -148,12 +150,12 @@ class LocalCluster:
             replies = app.control.ping(timeout=0.5) or []
             up = {n.split("@")[0] for r in replies for n in r}
             if up >= set(names):
-                self._warm_up(2 * count * concurrency)
+                self._warm_up(2 * count * concurrency, queue)
                 return
             time.sleep(0.5)
         raise RuntimeError("workers did not start")
 
-    def _warm_up(self, queries: int) -> None:
+    def _warm_up(self, queries: int, queue: str) -> None:
         # A worker answers pings before its pool processes have loaded the model: run a few
         # queries so that no timed run pays for loading.
         from common.settings import get_settings
@@ -162,7 +164,7 @@ class LocalCluster:
         probe = DATA / "warmup.jpg"
         Image.new("RGB", (64, 64), (90, 120, 150)).save(probe)
         producer = Producer(get_settings())
-        for task_id in [producer.submit_query(str(probe), 1) for _ in range(queries)]:
+        for task_id in [producer.submit_query(str(probe), 1, queue) for _ in range(queries)]:
             producer.collect(task_id, timeout_s=300)
 
     def worker_pids(self) -> list[int]:
