@@ -7,9 +7,7 @@ import os
 import platform
 import random
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,43 +115,22 @@ class LocalCluster:
         """Start ``count`` real ``ris worker`` processes and wait until each answers a ping."""
         from common.celery_app import make_app
         from common.settings import get_settings
+        from producer.local_worker import start_worker_process
 
         app = make_app(get_settings())
-        names = []
         for _ in range(count):
-            name = f"bench-{uuid.uuid4().hex[:6]}"
-            names.append(name)
             self.workers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "producer.cli",
-                        "worker",
-                        "--queue",
-                        queue,
-                        "--concurrency",
-                        str(concurrency),
-                        "--hostname",
-                        f"{name}@%h",
-                        "--loglevel",
-                        "WARNING",
-                    ],
-                    cwd=ROOT,
-                    env={**os.environ, **self.env, **extra},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                start_worker_process(
+                    app,
+                    queue,
+                    env={**self.env, **extra},
+                    concurrency=concurrency,
+                    loglevel="WARNING",
+                    output=subprocess.DEVNULL,
+                    timeout_s=300,
                 )
             )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            replies = app.control.ping(timeout=0.5) or []
-            up = {n.split("@")[0] for r in replies for n in r}
-            if up >= set(names):
-                self._warm_up(2 * count * concurrency, queue)
-                return
-            time.sleep(0.5)
-        raise RuntimeError("workers did not start")
+        self._warm_up(2 * count * concurrency, queue)
 
     def _warm_up(self, queries: int, queue: str) -> None:
         # A worker answers pings before its pool processes have loaded the model: run a few

@@ -68,8 +68,7 @@ class ImageStore:
         self.name = settings.collection
         self.model = model
         self.dim = dim
-        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-        self.client = MilvusClient(uri=milvus_uri(settings), token=token)
+        self.client = milvus_client(settings)
         self._ensure_collection()
 
     # --- schema ----------------------------------------------------------------------------
@@ -207,10 +206,15 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "vector": vec.tolist() if isinstance(vec, np.ndarray) else list(vec)}
 
 
+def milvus_client(settings: Settings) -> MilvusClient:
+    """A client of the configured Milvus (the shared Lite server, or a Milvus server)."""
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    return MilvusClient(uri=milvus_uri(settings), token=token)
+
+
 def drop_collection(settings: Settings, name: str | None = None) -> None:
     """Drop a collection (default: the configured one), whatever model it was built with."""
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-    client = MilvusClient(uri=milvus_uri(settings), token=token)
+    client = milvus_client(settings)
     try:
         client.drop_collection(name or settings.collection)
     finally:
@@ -223,3 +227,26 @@ def open_store(settings: Settings) -> ImageStore:
 
     spec = get_spec(settings.model)
     return ImageStore(settings, spec.name, spec.dim)
+
+
+class StoreCache:
+    """The stores of one process by collection name, each opened on first use (so a process
+    starts while Milvus is down) and forgotten after a Milvus error (the next use reconnects)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stores: dict[str, ImageStore] = {}
+
+    def get(self, collection: str | None = None) -> ImageStore:
+        """The store of ``collection`` (default: the configured one)."""
+        name = collection or self.settings.collection
+        if name not in self._stores:
+            self._stores[name] = open_store(self.settings.model_copy(update={"collection": name}))
+        return self._stores[name]
+
+    def forget(self, collection: str | None = None) -> None:
+        """Drop the client of ``collection``, or of every collection."""
+        if collection is None:
+            self._stores.clear()
+        else:
+            self._stores.pop(collection, None)

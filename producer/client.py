@@ -22,7 +22,7 @@ from redis import RedisError
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
 from common.jobs import JobProgress, JobTracker, redis_client
 from common.settings import Settings, get_settings
-from common.store import Hit, ImageStore, drop_collection, open_store
+from common.store import Hit, ImageStore, StoreCache, drop_collection
 
 
 class QueryError(ValueError):
@@ -52,24 +52,21 @@ class Producer:
         self.settings = settings
         self.app = celery or (app if settings == get_settings() else make_app(settings))
         self.tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
-        self._stores: dict[str, ImageStore] = {}
+        self._stores = StoreCache(settings)
 
     @property
     def store(self) -> ImageStore:
         """The configured collection."""
-        return self.store_for(None)
+        return self._stores.get()
 
     def store_for(self, collection: str | None) -> ImageStore:
         """The store of ``collection`` (default: the configured one)."""
-        name = collection or self.settings.collection
-        if name not in self._stores:
-            self._stores[name] = open_store(self.settings.model_copy(update={"collection": name}))
-        return self._stores[name]
+        return self._stores.get(collection)
 
     def drop_collection(self, collection: str) -> None:
         """Drop ``collection`` (all its rows) if it exists."""
         drop_collection(self.settings, collection)
-        self._stores.pop(collection, None)
+        self._stores.forget(collection)
 
     # --- ingestion -------------------------------------------------------------------------
     def job_id_for(self, inputs: list[str], queue: str, collection: str | None = None) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -69,19 +67,6 @@ def altered_copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def _wait_for_worker(proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
-    from common.celery_app import app
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {proc.returncode}")
-        if app.control.ping(timeout=0.5):
-            return
-        time.sleep(0.5)
-    raise RuntimeError("the worker did not come up in time")
-
-
 def run_demo(folder: str | None, out: str) -> int:
     """Run the demo; returns the process exit code."""
     data_dir = Path("ris_data")
@@ -96,16 +81,13 @@ def run_demo(folder: str | None, out: str) -> int:
     from producer.client import Producer
     from producer.grid import draw_grid
     from producer.inputs import expand_inputs
+    from producer.local_worker import start_worker_process
 
     images = Path(folder) if folder else sample_photos(data_dir / "samples")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "worker", "--queue", "cpu", "--loglevel", "WARNING"],
-        env=os.environ.copy(),
-    )
+    producer = Producer(settings)
+    print("starting a worker (loads the model; the first run exports it to ONNX)...")
+    worker = start_worker_process(producer.app, loglevel="WARNING")
     try:
-        print("starting a worker (loads the model; the first run exports it to ONNX)...")
-        _wait_for_worker(worker)
-        producer = Producer(settings)
         started = time.perf_counter()
         job_id = producer.ingest(expand_inputs([str(images)]))
         progress = producer.wait(job_id, timeout_s=1800)

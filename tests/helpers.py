@@ -7,8 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 from celery import Celery
@@ -31,42 +29,16 @@ def start_worker(
     env: dict[str, str] | None = None,
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a real ``ris worker`` process and wait until it answers a ping."""
-    app = celery_app_for(env)
-    name = name or f"{queue}-{uuid.uuid4().hex[:6]}@%h"
+    """Start a real, unprivileged ``ris worker`` process and wait until it answers a ping."""
+    from producer.local_worker import start_worker_process
+
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            *UNPRIVILEGED,
-            sys.executable,
-            "-m",
-            "producer.cli",
-            "worker",
-            "--queue",
-            queue,
-            "--hostname",
-            name,
-        ],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: a test can kill the whole worker
-    )
-    prefix = name.split("@")[0]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode} (log: {log})")
-        try:
-            replies = app.control.ping(timeout=0.5) or []
-        except Exception:  # a connection closed by an earlier broker restart: ping again
-            replies = []
-        if any(n.split("@")[0] == prefix for reply in replies for n in reply):
-            return proc
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("worker did not answer in time")
+    try:
+        return start_worker_process(
+            celery_app_for(env), queue, name, env=env, output=out, prefix=UNPRIVILEGED
+        )
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc} (log: {log})") from None
 
 
 def celery_app_for(env: dict[str, str] | None) -> Celery:

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -23,7 +23,7 @@ from common.jobs import JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
 from common.sources import SourceError, read_source
-from common.store import ImageStore, open_store, path_id
+from common.store import StoreCache, path_id
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +39,7 @@ class WorkerContext:
     settings: Settings
     pipeline: EmbeddingPipeline
     tracker: JobTracker
-    _stores: dict[str, ImageStore] = field(default_factory=dict)
-
-    def store(self, collection: str | None = None) -> ImageStore:
-        """The store of ``collection`` (default: the configured one), opened on first use, so
-        a worker starts (and loads its model) while Milvus is down."""
-        name = collection or self.settings.collection
-        if name not in self._stores:
-            self._stores[name] = open_store(self.settings.model_copy(update={"collection": name}))
-        return self._stores[name]
-
-    def reset_stores(self) -> None:
-        """Forget every client after a Milvus error: the next use reconnects."""
-        self._stores.clear()
+    stores: StoreCache
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +50,7 @@ def context() -> WorkerContext:
         settings,
         EmbeddingPipeline(settings),
         JobTracker(redis_client(settings), settings.result_ttl_s),
+        StoreCache(settings),
     )
 
 
@@ -117,16 +106,16 @@ def ingest_chunk(
             failed[path] = str(exc)
             continue
         payload[path] = (data, hashlib.sha256(data).hexdigest())
-    # Visible as the task's state (AsyncResult, Flower) while the chunk is embedded.
+    # The task's result state (AsyncResult.state) while the chunk is embedded.
     self.update_state(
         state="EMBEDDING", meta={"job_id": job_id, "paths": len(paths), "unreadable": len(failed)}
     )
 
     try:
-        store = ctx.store(collection)
+        store = ctx.stores.get(collection)
         known = store.known_hashes([path_id(p) for p in payload])
     except RETRYABLE:
-        ctx.reset_stores()
+        ctx.stores.forget()
         raise
     unchanged = [p for p, (_, sha) in payload.items() if known.get(path_id(p)) == sha]
     todo = [(p, data) for p, (data, sha) in payload.items() if known.get(path_id(p)) != sha]
@@ -151,7 +140,7 @@ def ingest_chunk(
     try:
         store.upsert(rows)
     except RETRYABLE:
-        ctx.reset_stores()
+        ctx.stores.forget()
         raise
     indexed = [r["path"] for r in rows]
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
@@ -189,10 +178,10 @@ def search(name: str, image_b64: str, top_k: int, collection: str | None = None)
         return {"query": name, "error": result.error}
     embedded = time.perf_counter()
     try:
-        store = ctx.store(collection)
+        store = ctx.stores.get(collection)
         hits = store.search(result.vector, top_k)[0]
     except RETRYABLE:
-        ctx.reset_stores()
+        ctx.stores.forget()
         raise
     done = time.perf_counter()
     return {
