@@ -1,9 +1,12 @@
 # The project image: workers, producer CLI and Flower. The default model is exported to ONNX at
 # build time, so containers start offline.
 #   CPU:  docker build -t ris .
-#   GPU:  docker build -t ris-gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
-#           --build-arg ONNXRUNTIME=onnxruntime-gpu .
-FROM python:3.11-slim
+#   GPU:  docker build -t ris-gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 \
+#           --build-arg ONNXRUNTIME=onnxruntime-gpu==1.31.1 .
+# (onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9: the torch build must match, cu130.)
+# BASE_IMAGE and TORCH_INDEX may point at internal mirrors; the base must put python and pip on PATH.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -20,7 +23,7 @@ COPY workers workers
 COPY producer producer
 RUN pip install -c requirements.lock ".[s3]" \
     && if [ "${ONNXRUNTIME}" != onnxruntime ]; then \
-         pip uninstall -y onnxruntime && pip install "${ONNXRUNTIME}"; \
+         pip uninstall -y onnxruntime && pip install -c requirements.lock "${ONNXRUNTIME}"; \
        fi
 
 # Bake the default model's ONNX export into the image.

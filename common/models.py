@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# onnxruntime 1.29+ uploads usage and error events from Linux by default; an indexing service
+# offline or on private images should not (set ORT_DISABLE_TELEMETRY=0 to allow it).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -191,7 +195,7 @@ class Embedder:
         self.settings = settings
         self._lock = threading.Lock()
         if settings.device == "cuda":
-            require_cuda(settings.runtime)
+            _check_cuda_runtime(settings.runtime)
         if settings.runtime == "onnx":
             self._run = self._onnx_runner()
         else:
@@ -214,7 +218,16 @@ class Embedder:
         providers = ["CPUExecutionProvider"]
         if self.settings.device == "cuda":
             providers.insert(0, "CUDAExecutionProvider")
+            # CUDA and cuDNN from the nvidia-* wheels (those torch brings) rather than the system.
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()
         session = ort.InferenceSession(str(path), opts, providers=providers)
+        if session.get_providers()[0] != providers[0]:
+            # onnxruntime falls back to the CPU with only a warning when CUDA cannot load.
+            raise RuntimeError(
+                "RIS_DEVICE=cuda but onnxruntime could not start its CUDA provider (no GPU, or "
+                "CUDA/cuDNN libraries missing: see its warnings above)"
+            )
         return lambda batch: session.run(None, {"images": batch})[0]
 
     def _torch_runner(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -265,8 +278,24 @@ def get_embedder(settings: Settings) -> Embedder:
         return _EMBEDDERS[key]
 
 
-def require_cuda(runtime: str) -> None:
-    """Refuse to start a GPU worker without a GPU rather than silently using the CPU."""
+def require_cuda(settings: Settings) -> None:
+    """Refuse to start a GPU worker without a working GPU rather than silently use the CPU.
+
+    The model is loaded and run once in a spawned process: CUDA does not survive ``fork``, so
+    the worker's own process, which forks its pool, must not touch it. RuntimeError says why.
+    """
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_embed_one_blank_image, (settings,))
+
+
+def _embed_one_blank_image(settings: Settings) -> None:
+    size = get_spec(settings.model).input_size
+    Embedder(settings).embed(np.zeros((1, 3, size, size), dtype=np.float32))
+
+
+def _check_cuda_runtime(runtime: str) -> None:
     if runtime == "onnx":
         import onnxruntime as ort
 

