@@ -116,6 +116,20 @@ class JobTracker:
             pipe.expire(key, self.ttl_s)
         pipe.execute()
 
+    def unprocessed(self, job_id: str, paths: list[str]) -> list[str]:
+        """The paths of ``paths`` that no worker has reported for the job yet."""
+        _, k_idx, k_unch, k_fail = self._keys(job_id)
+        pipe = self.r.pipeline()
+        pipe.smismember(k_idx, paths)
+        pipe.smismember(k_unch, paths)
+        pipe.hmget(k_fail, paths)
+        indexed, unchanged, failed = pipe.execute()
+        return [
+            path
+            for path, i, u, f in zip(paths, indexed, unchanged, failed, strict=True)
+            if not (i or u or f is not None)
+        ]
+
     def progress(self, job_id: str) -> JobProgress:
         """The job's current progress; KeyError for an unknown job."""
         base, k_idx, k_unch, k_fail = self._keys(job_id)

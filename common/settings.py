@@ -12,6 +12,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 Metric = Literal["IP", "COSINE", "L2"]
 IndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
+# (build, search) parameters per index type where RIS_INDEX_PARAMS / RIS_SEARCH_PARAMS are unset.
+INDEX_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "FLAT": ({}, {}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+    "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 32}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
+    "AUTOINDEX": ({}, {}),
+}
 
 
 class Settings(BaseSettings):
@@ -34,6 +42,10 @@ class Settings(BaseSettings):
     # backoff capped at retry_backoff_max_s, then reported as failed path by path.
     task_max_retries: int = 8
     retry_backoff_max_s: int = 60
+    # `ris ingest` waiting this long without progress checks whether the job's remaining chunks
+    # still exist (queued, or held by a worker) and sends again those that do not: kombu's Redis
+    # transport can lose a message taken by a worker just as Redis goes down.
+    stall_check_s: float = 60.0
     # Results and job progress expire after this long.
     result_ttl_s: int = 7 * 24 * 3600
     # Queues a worker may consume and a producer may send to. Queues named "gpu..." are for
@@ -52,8 +64,9 @@ class Settings(BaseSettings):
     # IVF_FLAT: 1.5 ms searches at 100k vectors with recall@10 1.0, where FLAT takes 20 ms
     # (benchmarks/query.py). Milvus Lite supports FLAT, IVF_FLAT and AUTOINDEX only.
     index_type: IndexType = "IVF_FLAT"
-    index_params: dict[str, Any] = Field(default_factory=lambda: {"nlist": 1024})
-    search_params: dict[str, Any] = Field(default_factory=lambda: {"nprobe": 32})
+    # JSON; unset means INDEX_DEFAULTS for the index type.
+    index_params: dict[str, Any] = Field(default_factory=dict)
+    search_params: dict[str, Any] = Field(default_factory=dict)
 
     # --- model -----------------------------------------------------------------------------
     model: str = "efficientnet-lite0"
@@ -105,6 +118,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _index_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            build, search = INDEX_DEFAULTS.get(str(data.get("index_type", "IVF_FLAT")), ({}, {}))
+            data = {**data}
+            data.setdefault("index_params", build)
+            data.setdefault("search_params", search)
+        return data
 
     @model_validator(mode="after")
     def _check_index_for_lite(self) -> Settings:

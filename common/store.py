@@ -76,18 +76,34 @@ class ImageStore:
         return {"model": self.model, "dim": self.dim, "metric": self.settings.metric}
 
     def _ensure_collection(self) -> None:
-        if self.client.has_collection(self.name):
-            self._check_identity()
-            self.client.load_collection(self.name)
+        if not self.client.has_collection(self.name):
+            schema = self.client.create_schema(
+                auto_id=False, description=json.dumps(self._identity())
+            )
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LENGTH)
+            schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+            schema.add_field("width", DataType.INT32)
+            schema.add_field("height", DataType.INT32)
+            schema.add_field("ingested_at", DataType.INT64)  # unix milliseconds
+            try:
+                self.client.create_collection(self.name, schema=schema)
+                log.info("collection %s created (%s)", self.name, self._identity())
+            except Exception:
+                # Another process created it between our check and create: that is fine.
+                if not self.client.has_collection(self.name):
+                    raise
+        self._check_identity()
+        self._ensure_index()
+        self.client.load_collection(self.name)
+
+    def _ensure_index(self) -> None:
+        """Index the vectors if nobody has; a collection without an index cannot be searched,
+        so one the server refuses is an error, not a log line (and a later run with another
+        RIS_INDEX_TYPE indexes the same collection)."""
+        if self.client.list_indexes(self.name):
             return
-        schema = self.client.create_schema(auto_id=False, description=json.dumps(self._identity()))
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
-        schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH_LENGTH)
-        schema.add_field("sha256", DataType.VARCHAR, max_length=64)
-        schema.add_field("width", DataType.INT32)
-        schema.add_field("height", DataType.INT32)
-        schema.add_field("ingested_at", DataType.INT64)  # unix milliseconds
         index = self.client.prepare_index_params()
         index.add_index(
             "vector",
@@ -96,23 +112,15 @@ class ImageStore:
             params=self.settings.index_params,
         )
         try:
-            self.client.create_collection(self.name, schema=schema, index_params=index)
-        except Exception:
-            # Another process created it between our check and create: that is fine.
-            if not self.client.has_collection(self.name):
-                raise
-            self._check_identity()
-            self.client.load_collection(self.name)
-            return
-        if not self.client.list_indexes(self.name):
-            # pymilvus logs a failed index creation but keeps the collection: undo it.
-            self.client.drop_collection(self.name)
+            self.client.create_index(self.name, index)
+        except Exception as exc:
+            if self.client.list_indexes(self.name):  # another process indexed it meanwhile
+                return
+            reason = getattr(exc, "message", "") or str(exc)
             raise SchemaMismatchError(
-                f"Milvus refused index {self.settings.index_type} "
-                f"{self.settings.index_params} for collection {self.name!r}"
-            )
-        self.client.load_collection(self.name)
-        log.info("collection %s ready (%s)", self.name, self._identity())
+                f"Milvus refused index {self.settings.index_type} {self.settings.index_params} "
+                f"for collection {self.name!r}: {reason}"
+            ) from None
 
     def _check_identity(self) -> None:
         desc = self.client.describe_collection(self.name)
@@ -169,14 +177,14 @@ class ImageStore:
 
     def search(self, vectors: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
         """Nearest ids and scores for each query vector (IP/COSINE: higher is closer)."""
+        params = dict(self.settings.search_params)
+        if "ef" in params:  # HNSW refuses a candidate list shorter than the results asked for
+            params["ef"] = max(int(params["ef"]), top_k)
         result = self.client.search(
             self.name,
             data=[v.tolist() for v in np.atleast_2d(vectors)],
             limit=top_k,
-            search_params={
-                "metric_type": self.settings.metric,
-                "params": self.settings.search_params,
-            },
+            search_params={"metric_type": self.settings.metric, "params": params},
             output_fields=[],
         )
         return [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in result]
@@ -196,6 +204,14 @@ class ImageStore:
         """Number of rows (exact, counts unflushed rows too)."""
         rows = self.client.query(self.name, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
+
+    def index(self) -> dict[str, Any]:
+        """The vector index as Milvus reports it (type, metric and build parameters)."""
+        desc = self.client.describe_index(self.name, "vector") or {}
+        keep = ("index_type", "metric_type", "state")
+        skip = ("dim", "field_name", "index_name", "total_rows", "indexed_rows")
+        params = {k: v for k, v in desc.items() if k not in keep + skip and "rows" not in k}
+        return {**{k: desc[k] for k in keep if k in desc}, "params": params}
 
     def close(self) -> None:
         self.client.close()

@@ -67,7 +67,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             bar.set_postfix(failed=p.failed, unchanged=p.unchanged, refresh=False)
             bar.update(p.processed - bar.n)
 
-        progress = producer.wait(job_id, timeout_s=args.timeout, on_progress=update)
+        def recover(p: Any) -> None:
+            if producer.in_flight(job_id, args.queue):
+                return
+            n = producer.resend_unprocessed(
+                job_id, expand_inputs(args.inputs), args.queue, args.collection
+            )
+            bar.write(f"job {job_id}: {p.pending} pending, none queued or running: sent {n} again")
+
+        progress = producer.wait(
+            job_id, timeout_s=args.timeout, on_progress=update, on_stall=recover
+        )
     _print_progress_line(progress)
     _print_failures(producer.failures(job_id))
     return 0
@@ -171,7 +181,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     settings = get_settings()
-    store = _producer().store
+    producer = _producer()
+    store = producer.store
     print(
         json.dumps(
             {
@@ -179,9 +190,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "model": store.model,
                 "dim": store.dim,
                 "metric": settings.metric,
-                "index": settings.index_type,
+                "index": store.index(),
                 "rows": store.count(),
                 "milvus": settings.milvus_uri,
+                "workers": producer.workers_online(),
             },
             indent=2,
         )

@@ -103,15 +103,7 @@ class Producer:
         for number, chunk in enumerate(_batched(paths, self.settings.chunk_size)):
             if number < skip_chunks:
                 continue
-            self.app.send_task(
-                INGEST_TASK,
-                args=(job_id, chunk),
-                kwargs={"collection": collection} if collection else {},
-                queue=queue,
-                task_id=f"{job_id}-{number:06d}",
-                argsrepr=f"(job={job_id}, chunk #{number}: {len(chunk)} paths, "
-                f"first {os.path.basename(chunk[0])!r})",
-            )
+            self._send_chunk(job_id, number, chunk, queue, collection)
             total += len(chunk)
             chunks = number + 1
             self.tracker.set_total(job_id, total, chunks, finished=False)
@@ -119,6 +111,54 @@ class Producer:
                 on_enqueued(total)
         self.tracker.set_total(job_id, total, chunks, finished=True)
         return job_id
+
+    def _send_chunk(
+        self,
+        job_id: str,
+        number: int,
+        chunk: list[str],
+        queue: str,
+        collection: str | None,
+        resent: bool = False,
+    ) -> None:
+        task_id = f"{job_id}-{number:06d}" + (f"-r{os.urandom(3).hex()}" if resent else "")
+        self.app.send_task(
+            INGEST_TASK,
+            args=(job_id, chunk),
+            kwargs={"collection": collection} if collection else {},
+            queue=queue,
+            task_id=task_id,
+            argsrepr=f"(job={job_id}, chunk #{number}{' again' if resent else ''}: "
+            f"{len(chunk)} paths, first {os.path.basename(chunk[0])!r})",
+        )
+
+    def in_flight(self, job_id: str, queue: str) -> bool:
+        """Whether anything can still advance the job: messages wait on its queue, or a worker
+        holds one of its chunks (running, prefetched, or waiting to retry)."""
+        with self.app.connection_for_read() as conn:
+            if conn.default_channel.queue_declare(queue).message_count:
+                return True
+        inspect = self.app.control.inspect(timeout=2.0)
+        for replies in (inspect.active(), inspect.reserved(), inspect.scheduled()):
+            for tasks in (replies or {}).values():
+                for task in tasks:
+                    task_id = str(task.get("request", task).get("id", ""))
+                    if task_id.startswith(f"{job_id}-"):
+                        return True
+        return False
+
+    def resend_unprocessed(
+        self, job_id: str, paths: Iterable[str], queue: str, collection: str | None = None
+    ) -> int:
+        """Send again, chunk by chunk, the paths of the job that no worker has reported, and
+        return how many. Safe to repeat: processing a path twice changes nothing."""
+        resent = 0
+        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size)):
+            missing = self.tracker.unprocessed(job_id, chunk)
+            if missing:
+                self._send_chunk(job_id, number, missing, queue, collection, resent=True)
+                resent += len(missing)
+        return resent
 
     def progress(self, job_id: str) -> JobProgress:
         return self.tracker.progress(job_id)
@@ -132,15 +172,23 @@ class Producer:
         timeout_s: float | None = None,
         poll_s: float = 0.25,
         on_progress: Callable[[JobProgress], None] | None = None,
+        on_stall: Callable[[JobProgress], None] | None = None,
     ) -> JobProgress:
-        """Block until every path of the job is processed; TimeoutError past ``timeout_s``."""
+        """Block until every path of the job is processed; TimeoutError past ``timeout_s``.
+        ``on_stall`` is called after each ``stall_check_s`` without progress."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last_processed, last_change = -1, time.monotonic()
         while True:
             progress = self.progress(job_id)
             if on_progress:
                 on_progress(progress)
             if progress.finished:
                 return progress
+            if progress.processed != last_processed:
+                last_processed, last_change = progress.processed, time.monotonic()
+            elif on_stall and time.monotonic() - last_change > self.settings.stall_check_s:
+                on_stall(progress)
+                last_change = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"job {job_id} not finished after {timeout_s}s: "
@@ -177,9 +225,25 @@ class Producer:
         )
         return task_id
 
-    def collect(self, task_id: str, timeout_s: float | None = 120.0) -> QueryResult:
-        """Wait for a query task and resolve its result ids to paths stored in Milvus."""
-        payload: dict[str, Any] = AsyncResult(task_id, app=self.app).get(timeout=timeout_s)
+    def collect(
+        self, task_id: str, timeout_s: float | None = 120.0, query: str | None = None
+    ) -> QueryResult:
+        """Wait for a query task and resolve its result ids to paths stored in Milvus.
+
+        A task that failed on the worker (after its retries) is a result with an error, so one
+        bad query does not hide the others; no answer within ``timeout_s`` is a TimeoutError.
+        """
+        from celery.exceptions import TimeoutError as NoAnswer
+
+        try:
+            payload: dict[str, Any] = AsyncResult(task_id, app=self.app).get(timeout=timeout_s)
+        except NoAnswer:
+            raise TimeoutError(
+                f"query {task_id} not answered within {timeout_s:g} s: is a worker listening "
+                "on its queue? (`ris info` lists the workers that answer)"
+            ) from None
+        except Exception as exc:
+            return QueryResult(query or task_id, error=f"search failed: {exc}")
         return self.resolve(payload)
 
     def resolve(self, payload: dict[str, Any]) -> QueryResult:
@@ -209,7 +273,7 @@ class Producer:
             except QueryError as exc:
                 submitted.append((path, None, str(exc)))
         return [
-            self.collect(task_id, timeout_s) if task_id else QueryResult(path, error=err)
+            self.collect(task_id, timeout_s, path) if task_id else QueryResult(path, error=err)
             for path, task_id, err in submitted
         ]
 

@@ -190,3 +190,35 @@ def test_a_second_collection_is_indexed_and_searched_apart(
     out = run_cli("search", str(photos / "coffee.png"), "--collection", other, "-k", "2").stdout
     hits = [line for line in out.splitlines() if "score=" in line]
     assert len(hits) == 2 and hits[0].endswith(str(folder / "coffee.png"))
+
+
+def test_a_query_that_fails_on_the_worker_is_reported_with_the_others(
+    indexed: dict[str, object], photos: Path
+) -> None:
+    """The worker refuses to search a collection built by another model: that query's error is
+    shown, the query beside it is answered, and the exit status says something failed."""
+    from common.settings import get_settings
+    from common.store import ImageStore
+
+    other = ImageStore(
+        get_settings().model_copy(update={"collection": "built_by_resnet"}), "resnet50", 2048
+    )
+    try:
+        out = run_cli(
+            "search", str(photos / "coffee.png"), "--collection", "built_by_resnet", check=False
+        )
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "error: search failed" in out.stdout and "resnet50" in out.stdout, out.stdout
+    finally:
+        other.drop()
+    both = run_cli("search", str(photos / "coffee.png"), str(photos / "nope.png"), check=False)
+    assert both.returncode == 1
+    assert re.search(r"score=1\.0000 .*coffee\.png", both.stdout), both.stdout
+    assert "nope.png" in both.stdout and "error:" in both.stdout
+
+
+def test_info_shows_the_index_milvus_built_and_the_workers() -> None:
+    info = json.loads(run_cli("info").stdout)
+    assert info["index"]["index_type"] == "IVF_FLAT" and info["index"]["metric_type"] == "IP"
+    assert info["index"]["params"]["nlist"] == "1024"
+    assert any(name.startswith("cpu-main@") for name in info["workers"])

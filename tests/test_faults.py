@@ -120,6 +120,8 @@ def cluster(tmp_root: Path) -> Iterator[Cluster]:
         # An unacknowledged chunk of a killed worker comes back after this many seconds.
         "RIS_VISIBILITY_TIMEOUT_S": "10",
         "RIS_RETRY_BACKOFF_MAX_S": "2",
+        # `ris ingest` looks for lost chunks after this long without progress.
+        "RIS_STALL_CHECK_S": "5",
     }
     c = Cluster(root, redis_port, milvus_port, env)
     c.start_redis()
@@ -229,6 +231,40 @@ def test_redis_restart_during_a_job(cluster: Cluster, photos: Path, tmp_path: Pa
         assert f"job {job}: finished" in out
     finally:
         stop_worker(worker)
+    _assert_exactly_once(cluster, paths, job)
+
+
+def test_chunks_lost_from_the_queue_are_sent_again(
+    cluster: Cluster, photos: Path, tmp_path: Path
+) -> None:
+    """Redis can lose a message (kombu's Redis transport takes it before recording it as
+    unacknowledged): `ris ingest` sees the job stall with nothing queued or held by a worker
+    and sends the unprocessed paths again."""
+    paths = _images(photos, tmp_path / "imgs", copies=1)
+    producer = cluster.producer()
+    job = producer.job_id_for([str(tmp_path / "imgs")], "cpu")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "ingest", str(tmp_path / "imgs"), "--quiet"],
+        cwd=ROOT,
+        env={**os.environ, **cluster.env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not producer.tracker.is_complete(job):
+        assert time.monotonic() < deadline and cli.poll() is None, "job never enqueued"
+        time.sleep(0.05)
+    assert producer.tracker.r.delete("cpu") == 1  # every chunk of the job, gone from Redis
+    worker = cluster.worker()
+    try:
+        out, _ = cli.communicate(timeout=180)
+    finally:
+        stop_worker(worker)
+    assert cli.returncode == 0, out
+    assert (
+        f"job {job}: {len(paths)} pending, none queued or running: sent {len(paths)} again" in out
+    )
+    assert f"job {job}: finished" in out
     _assert_exactly_once(cluster, paths, job)
 
 

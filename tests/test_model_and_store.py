@@ -102,3 +102,33 @@ def test_milvus_lite_refuses_server_only_index_types() -> None:
     with pytest.raises(ValidationError, match="HNSW needs a Milvus server"):
         Settings(milvus_uri="some.db", index_type="HNSW")
     assert Settings(milvus_uri="http://milvus:19530", index_type="HNSW").index_type == "HNSW"
+
+
+def test_index_parameters_follow_the_index_type() -> None:
+    server = "http://milvus:19530"
+    hnsw = Settings(milvus_uri=server, index_type="HNSW")
+    assert hnsw.index_params == {"M": 16, "efConstruction": 200}
+    assert hnsw.search_params == {"ef": 128}
+    assert Settings(milvus_uri=server, index_type="FLAT").search_params == {}
+    tuned = Settings(milvus_uri=server, index_type="IVF_SQ8", search_params={"nprobe": 8})
+    assert (tuned.index_params, tuned.search_params) == ({"nlist": 1024}, {"nprobe": 8})
+
+
+def test_refused_index_is_an_error_and_a_later_run_indexes_the_collection() -> None:
+    """Over http:// nothing tells a Lite server from a standalone one: Milvus Lite refuses
+    HNSW at index creation, which must fail loudly, never leave an unsearchable collection."""
+    from common.store import milvus_uri
+
+    base = {"milvus_uri": milvus_uri(get_settings()), "collection": "test_refused_index"}
+    with pytest.raises(SchemaMismatchError, match=r"refused index HNSW .*local mode"):
+        ImageStore(Settings(**base, index_type="HNSW"), "efficientnet-lite0", 4)
+    store = ImageStore(Settings(**base, index_type="IVF_FLAT"), "efficientnet-lite0", 4)
+    try:
+        vectors = np.eye(4, dtype=np.float32)
+        fields = {"sha256": "0" * 64, "width": 1, "height": 1, "ingested_at": 0}
+        rows = [{"id": i, "vector": v, "path": f"/{i}", **fields} for i, v in enumerate(vectors)]
+        store.upsert(rows)
+        store.flush()
+        assert [hits[0][0] for hits in store.search(vectors, 1)] == [0, 1, 2, 3]
+    finally:
+        store.drop()
