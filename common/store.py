@@ -207,11 +207,11 @@ class ImageStore:
 
     def index(self) -> dict[str, Any]:
         """The vector index as Milvus reports it (type, metric and build parameters)."""
-        desc = self.client.describe_index(self.name, "vector") or {}
-        keep = ("index_type", "metric_type", "state")
-        skip = ("dim", "field_name", "index_name", "total_rows", "indexed_rows")
-        params = {k: v for k, v in desc.items() if k not in keep + skip and "rows" not in k}
-        return {**{k: desc[k] for k in keep if k in desc}, "params": params}
+        desc = dict(self.client.describe_index(self.name, "vector") or {})
+        head = {k: desc.pop(k) for k in ("index_type", "metric_type", "state") if k in desc}
+        for k in ("dim", "field_name", "index_name"):
+            desc.pop(k, None)
+        return {**head, "params": {k: v for k, v in desc.items() if not k.endswith("rows")}}
 
     def close(self) -> None:
         self.client.close()
