@@ -105,6 +105,16 @@ class Cluster:
     def worker(self, **extra: str) -> subprocess.Popen[bytes]:
         return start_worker("cpu", env={**self.env, **extra}, log=self.root / "workers.log")
 
+    def ingest_in_background(self, folder: Path) -> subprocess.Popen[str]:
+        """A real `ris ingest FOLDER` against this cluster; its output on ``stdout``."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "producer.cli", "ingest", str(folder), "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_root: Path) -> Iterator[Cluster]:
@@ -198,13 +208,7 @@ def test_redis_restart_during_a_job(cluster: Cluster, photos: Path, tmp_path: Pa
     worker = cluster.worker()
     try:
         producer = cluster.producer()
-        cli = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "ingest", str(tmp_path / "imgs"), "--quiet"],
-            cwd=ROOT,
-            env={**os.environ, **cluster.env},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        cli = cluster.ingest_in_background(tmp_path / "imgs")
         deadline = time.monotonic() + 60
         job = None
         while job is None and time.monotonic() < deadline:
@@ -243,13 +247,7 @@ def test_chunks_lost_from_the_queue_are_sent_again(
     paths = _images(photos, tmp_path / "imgs", copies=1)
     producer = cluster.producer()
     job = producer.job_id_for([str(tmp_path / "imgs")], "cpu")
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "ingest", str(tmp_path / "imgs"), "--quiet"],
-        cwd=ROOT,
-        env={**os.environ, **cluster.env},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cli = cluster.ingest_in_background(tmp_path / "imgs")
     deadline = time.monotonic() + 60
     while not producer.tracker.is_complete(job):
         assert time.monotonic() < deadline and cli.poll() is None, "job never enqueued"
