@@ -114,7 +114,7 @@ def test_the_stack_indexes_searches_and_shows_its_work(stack: Stack, photos: Pat
 
     assert stack.flower("/api/workers", auth=False).status_code == 401
     workers = stack.flower("/api/workers").json()
-    assert len(workers) == 2
+    assert len(workers) == 2 and all(name.startswith("cpu@") for name in workers)
     assert all(q["name"] == "cpu" for w in workers.values() for q in w["active_queues"])
     tasks = stack.flower("/api/tasks").json()
     names = {(t["name"], t["state"]) for t in tasks.values()}
