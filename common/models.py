@@ -194,8 +194,6 @@ class Embedder:
         self.spec = get_spec(settings.model)
         self.settings = settings
         self._lock = threading.Lock()
-        if settings.device == "cuda":
-            _check_cuda_runtime(settings.runtime)
         if settings.runtime == "onnx":
             self._run = self._onnx_runner()
         else:
@@ -208,6 +206,12 @@ class Embedder:
     def _onnx_runner(self) -> Callable[[np.ndarray], np.ndarray]:
         import onnxruntime as ort
 
+        cuda = self.settings.device == "cuda"
+        if cuda and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(
+                "RIS_DEVICE=cuda but onnxruntime has no CUDA provider "
+                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
+            )
         path = export_onnx(self.spec, self.settings.model_cache_dir)
         opts = ort.SessionOptions()
         if self.settings.inference_threads:
@@ -216,7 +220,7 @@ class Embedder:
         # cores the decoding threads need: measured 163 -> 199 images/s on 2 cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
-        if self.settings.device == "cuda":
+        if cuda:
             providers.insert(0, "CUDAExecutionProvider")
             # CUDA and cuDNN from the nvidia-* wheels (those torch brings) rather than the system.
             if hasattr(ort, "preload_dlls"):
@@ -233,6 +237,8 @@ class Embedder:
     def _torch_runner(self) -> Callable[[np.ndarray], np.ndarray]:
         import torch
 
+        if self.settings.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("RIS_DEVICE=cuda but torch sees no CUDA device")
         if self.settings.inference_threads:
             torch.set_num_threads(self.settings.inference_threads)
         model = self.spec.load().to(self.settings.device)
@@ -293,19 +299,3 @@ def require_cuda(settings: Settings) -> None:
 def _embed_one_blank_image(settings: Settings) -> None:
     size = get_spec(settings.model).input_size
     Embedder(settings).embed(np.zeros((1, 3, size, size), dtype=np.float32))
-
-
-def _check_cuda_runtime(runtime: str) -> None:
-    if runtime == "onnx":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(
-                "RIS_DEVICE=cuda but onnxruntime has no CUDA provider "
-                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)"
-            )
-    else:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("RIS_DEVICE=cuda but torch sees no CUDA device")

@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     @classmethod
     def _index_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            build, search = INDEX_DEFAULTS.get(str(data.get("index_type", "IVF_FLAT")), ({}, {}))
+            index_type = data.get("index_type", cls.model_fields["index_type"].default)
+            build, search = INDEX_DEFAULTS.get(str(index_type), ({}, {}))
             data = {**data}
             data.setdefault("index_params", build)
             data.setdefault("search_params", search)

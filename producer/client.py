@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import TimeoutError as NoAnswer
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis import RedisError
@@ -233,8 +234,6 @@ class Producer:
         A task that failed on the worker (after its retries) is a result with an error, so one
         bad query does not hide the others; no answer within ``timeout_s`` is a TimeoutError.
         """
-        from celery.exceptions import TimeoutError as NoAnswer
-
         try:
             payload: dict[str, Any] = AsyncResult(task_id, app=self.app).get(timeout=timeout_s)
         except NoAnswer:
