@@ -9,7 +9,9 @@ import random
 import subprocess
 import tempfile
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
@@ -34,7 +36,8 @@ def machine() -> str:
 
 def benchmark_images(n: int) -> list[Path]:
     """``n`` distinct photo-like JPEGs (about 640x480): random crops, flips and tone changes of
-    the photos scikit-image and scikit-learn ship. Made once and cached under ris_data/bench."""
+    the photos scikit-image and scikit-learn ship. Made once (on every core) and cached under
+    ris_data/bench."""
     from producer.demo import sample_photos
 
     folder = DATA / "images"
@@ -42,21 +45,33 @@ def benchmark_images(n: int) -> list[Path]:
     paths = [folder / f"img_{i:05d}.jpg" for i in range(n)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if missing:
-        photos = [
-            Image.open(p).convert("RGB") for p in sorted(sample_photos(DATA / "src").iterdir())
-        ]
-        for i in missing:
-            rng = random.Random(i)
-            src = photos[i % len(photos)]
-            w, h = src.size
-            cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
-            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            img = src.crop((x, y, x + cw, y + ch)).resize((640, 480))
-            if rng.random() < 0.5:
-                img = ImageOps.mirror(img)
-            img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
-            img.save(paths[i], "JPEG", quality=rng.randint(80, 95))
+        sources = sorted(str(p) for p in sample_photos(DATA / "src").iterdir())
+        with ProcessPoolExecutor(
+            initializer=_load_sources, initargs=(sources,), mp_context=get_context("spawn")
+        ) as pool:
+            list(pool.map(_make_image, [(i, str(paths[i])) for i in missing], chunksize=32))
     return paths
+
+
+_SOURCES: list[Image.Image] = []
+
+
+def _load_sources(sources: list[str]) -> None:
+    _SOURCES.extend(Image.open(p).convert("RGB") for p in sources)
+
+
+def _make_image(job: tuple[int, str]) -> None:
+    i, path = job
+    rng = random.Random(i)
+    src = _SOURCES[i % len(_SOURCES)]
+    w, h = src.size
+    cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    img = src.crop((x, y, x + cw, y + ch)).resize((640, 480))
+    if rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+    img.save(path, "JPEG", quality=rng.randint(80, 95))
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -110,9 +125,15 @@ class LocalCluster:
         get_settings.cache_clear()
 
     def start_workers(
-        self, count: int, concurrency: int = 1, queue: str = "cpu", **extra: str
+        self,
+        count: int,
+        concurrency: int | None = None,
+        queue: str = "cpu",
+        log: Path | None = None,
+        **extra: str,
     ) -> None:
-        """Start ``count`` real ``ris worker`` processes and wait until each answers a ping."""
+        """Start ``count`` real ``ris worker`` processes and wait until each answers a ping
+        (``log``: append their INFO log there)."""
         from common.celery_app import make_app
         from common.settings import get_settings
         from producer.local_worker import start_worker_process
@@ -125,12 +146,12 @@ class LocalCluster:
                     queue,
                     env={**self.env, **extra},
                     concurrency=concurrency,
-                    loglevel="WARNING",
-                    output=subprocess.DEVNULL,
+                    loglevel="INFO" if log else "WARNING",
+                    output=open(log, "ab") if log else subprocess.DEVNULL,  # noqa: SIM115
                     timeout_s=300,
                 )
             )
-        self._warm_up(2 * count * concurrency, queue)
+        self._warm_up(2 * count * (concurrency or 8), queue)
 
     def _warm_up(self, queries: int, queue: str) -> None:
         # A worker answers pings before its pool processes have loaded the model: run a few

@@ -37,14 +37,13 @@ def model_ceiling(paths: list[Path], batch_sizes: tuple[int, ...]) -> tuple[floa
     settings = get_settings()
     spec = get_spec(settings.model)
     embedder = get_embedder(settings)
-    embedder.embed(np.zeros((2, 3, spec.input_size, spec.input_size), np.float32))  # warm up
+    embedder.embed(np.zeros((2, spec.input_size, spec.input_size, 3), np.uint8))  # warm up
     best = (0.0, 0)
     for bs in batch_sizes:
         started = time.perf_counter()
         for i in range(0, len(paths), bs):
             batch = [
-                decode(p.read_bytes(), spec.input_size, spec.mean, spec.std, 10**8).pixels
-                for p in paths[i : i + bs]
+                decode(p.read_bytes(), spec.input_size, 10**8).pixels for p in paths[i : i + bs]
             ]
             embedder.embed(np.stack(batch))
         rate = len(paths) / (time.perf_counter() - started)
@@ -63,10 +62,10 @@ def tutorial_baseline(paths: list[Path], runtime: str) -> float:
     settings = get_settings().model_copy(update={"runtime": runtime, "batch_size": 1})
     pipeline = EmbeddingPipeline(settings)
     store = open_store(settings)
-    pipeline([(str(paths[0]), paths[0].read_bytes())])  # warm up
+    pipeline([(str(paths[0]), paths[0].read_bytes(), None)])  # warm up
     started = time.perf_counter()
     for p in paths:
-        res = pipeline([(str(p), p.read_bytes())])[0]
+        res = pipeline([(str(p), p.read_bytes(), None)])[0]
         store.upsert(
             [
                 {

@@ -37,7 +37,7 @@ def real_embeddings(paths: list[Path]) -> np.ndarray:
     from common.settings import get_settings
 
     pipeline = EmbeddingPipeline(get_settings())
-    results = pipeline([(str(p), p.read_bytes()) for p in paths])
+    results = pipeline([(str(p), p.read_bytes(), None) for p in paths])
     return np.stack([r.vector for r in results])
 
 

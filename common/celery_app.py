@@ -56,9 +56,4 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-def is_gpu_queue(queue: str) -> bool:
-    """Queues named ``gpu...`` are consumed only by workers that run the model on CUDA."""
-    return queue.startswith("gpu")
-
-
 app = make_app(get_settings())

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.images import normalise
 from common.settings import Settings
 
 if TYPE_CHECKING:
@@ -185,15 +186,19 @@ def export_onnx(spec: ModelSpec, cache_dir: Path) -> Path:
 
 
 class Embedder:
-    """Turns preprocessed image batches into L2-normalised vectors.
+    """Turns uint8 image batches into L2-normalised vectors.
 
-    Loaded once per worker process; ``embed`` is thread-safe.
+    Loaded once per worker process, and called from one thread only (the process's
+    :class:`common.inference.InferenceEngine`): torch on CUDA pays cuDNN's per-thread set-up
+    on every convolution of a thread it has not seen before.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.spec = get_spec(settings.model)
         self.settings = settings
         self._lock = threading.Lock()
+        # The threads that have run the model: a worker's must be exactly one (tested).
+        self.call_threads: set[int] = set()
         if settings.runtime == "onnx":
             self._run = self._onnx_runner()
         else:
@@ -232,34 +237,58 @@ class Embedder:
                 "RIS_DEVICE=cuda but onnxruntime could not start its CUDA provider (no GPU, or "
                 "CUDA/cuDNN libraries missing: see its warnings above)"
             )
-        return lambda batch: session.run(None, {"images": batch})[0]
+        mean, std = self.spec.mean, self.spec.std
+        return lambda batch: session.run(None, {"images": normalise(batch, mean, std)})[0]
 
     def _torch_runner(self) -> Callable[[np.ndarray], np.ndarray]:
         import torch
 
-        if self.settings.device == "cuda" and not torch.cuda.is_available():
+        device = torch.device(self.settings.device)
+        cuda = device.type == "cuda"
+        if cuda and not torch.cuda.is_available():
             raise RuntimeError("RIS_DEVICE=cuda but torch sees no CUDA device")
         if self.settings.inference_threads:
             torch.set_num_threads(self.settings.inference_threads)
-        model = self.spec.load().to(self.settings.device)
-        half = self.settings.fp16 and self.settings.device == "cuda"
-        if half:
-            model = model.half()
+        dtype = torch.float16 if self.settings.fp16 and cuda else torch.float32
+        model = self.spec.load().to(device=device, dtype=dtype)
+        if cuda:
+            # uint8 NHWC images permuted to NCHW are channels-last already: no copy, and the
+            # layout cuDNN's tensor-core convolutions prefer.
+            model = model.to(memory_format=torch.channels_last)
+        mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+        pinned: list[torch.Tensor] = []  # a page-locked host buffer, grown to the largest batch
+
+        def to_device(batch: np.ndarray) -> torch.Tensor:
+            if not cuda:
+                return torch.from_numpy(batch)
+            if (
+                not pinned
+                or pinned[0].shape[0] < len(batch)
+                or pinned[0].shape[1:] != batch.shape[1:]
+            ):
+                size = max(len(batch), self.settings.batch_size)
+                pinned[:] = [torch.empty((size, *batch.shape[1:]), dtype=torch.uint8).pin_memory()]
+            host = pinned[0][: len(batch)]
+            host.numpy()[...] = batch
+            # Safe to reuse the buffer next call: the result's copy back synchronises.
+            return host.to(device, non_blocking=True)
 
         def run(batch: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(batch).to(self.settings.device)
             with torch.inference_mode():
-                out = model(x.half() if half else x)
-            return out.float().cpu().numpy()
+                x = to_device(batch).permute(0, 3, 1, 2).float()
+                x = ((x - mean) / std).to(dtype)
+                return model(x).float().cpu().numpy()
 
         return run
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Embed a float32 ``(N, 3, S, S)`` batch; returns ``(N, dim)`` unit vectors."""
+        """Embed uint8 RGB images ``(N, S, S, 3)``; returns ``(N, dim)`` unit vectors."""
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
-            feats = np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
+            self.call_threads.add(threading.get_ident())
+            feats = np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.uint8)))
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         return (feats / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -298,4 +327,4 @@ def require_cuda(settings: Settings) -> None:
 
 def _embed_one_blank_image(settings: Settings) -> None:
     size = get_spec(settings.model).input_size
-    Embedder(settings).embed(np.zeros((1, 3, size, size), dtype=np.float32))
+    Embedder(settings).embed(np.zeros((1, size, size, 3), dtype=np.uint8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +21,19 @@ INDEX_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
     "AUTOINDEX": ({}, {}),
 }
+
+
+# Defaults that follow RIS_DEVICE where the variable is unset: a GPU wants large batches, many
+# images per task and decoding in processes (threads hold the GIL: 0.44x the processes' rate).
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"batch_size": 4, "decode_processes": 0, "worker_pool": "prefork"},
+    "cuda": {"batch_size": 256, "decode_processes": os.cpu_count() or 1, "worker_pool": "threads"},
+}
+
+
+def is_gpu_queue(queue: str) -> bool:
+    """Queues named ``gpu...`` are consumed only by workers that run the model on CUDA."""
+    return queue.startswith("gpu")
 
 
 class Settings(BaseSettings):
@@ -77,13 +91,26 @@ class Settings(BaseSettings):
     model_cache_dir: Path = Path.home() / ".cache" / "ris"
     # 0 lets onnxruntime pick (all cores); set 1 when running several worker processes.
     inference_threads: int = 0
-    # Images per model call. Small batches are fastest on CPU (cache-resident activations:
-    # benchmarks/ingest.py); a GPU wants 64-256.
-    batch_size: int = 4
-    decode_threads: int = 2
+    # Images per model call, filled across tasks and chunks. Default 4 on CPU (cache-resident
+    # activations: benchmarks/ingest.py), 256 on CUDA (benchmarks/gpu.py).
+    batch_size: int = Field(4, ge=1)
+    # A model call waits this long for more images to fill its batch.
+    batch_wait_ms: float = Field(2.0, ge=0)
+    # Threads per pipeline that read and decode files (without decoding processes). A file is
+    # held only while it is decoded: a worker holds at most this many files at once.
+    decode_threads: int = Field(2, ge=1)
+    # Processes that read, hash and decode files for the worker; 0 does it in the worker's own
+    # threads. Default 0 on CPU, one per core on CUDA.
+    decode_processes: int = Field(0, ge=0)
+    # Celery pool of `ris worker`: prefork (one model per process; CPU default) or threads
+    # (one process, one model on one thread, --concurrency tasks in flight; CUDA default).
+    worker_pool: Literal["prefork", "threads"] = "prefork"
 
     # --- ingestion -------------------------------------------------------------------------
-    chunk_size: int = 64
+    # Paths per ingest task on cpu queues, and on gpu queues (a GPU worker keeps several
+    # large chunks in flight so that its batches stay full).
+    chunk_size: int = Field(64, ge=1)
+    gpu_chunk_size: int = Field(512, ge=1)
     # Decompression-bomb guard: images above this many pixels are refused, not decoded.
     max_image_pixels: int = 100_000_000
     max_file_bytes: int = 200 * 1024 * 1024
@@ -130,6 +157,14 @@ class Settings(BaseSettings):
             data.setdefault("search_params", search)
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _device_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            device = str(data.get("device", cls.model_fields["device"].default))
+            data = {**DEVICE_DEFAULTS.get(device, {}), **data}
+        return data
+
     @model_validator(mode="after")
     def _check_index_for_lite(self) -> Settings:
         if self.milvus_is_lite and self.index_type not in LITE_INDEX_TYPES:
@@ -138,6 +173,10 @@ class Settings(BaseSettings):
                 f"{', '.join(LITE_INDEX_TYPES)}"
             )
         return self
+
+    def chunk_size_for(self, queue: str) -> int:
+        """Paths per ingest task sent to ``queue``."""
+        return self.gpu_chunk_size if is_gpu_queue(queue) else self.chunk_size
 
     @property
     def milvus_is_lite(self) -> bool:

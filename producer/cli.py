@@ -313,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=queues,
         help=f"queue(s) to consume (default {queues[0]})",
     )
-    p.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="worker processes (prefork pool, default 1), or tasks in flight (threads pool, "
+        "the default with RIS_DEVICE=cuda: 8)",
+    )
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--hostname", help="worker name, e.g. cpu1@%%h")
     p.set_defaults(func=cmd_worker)

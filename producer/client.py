@@ -101,7 +101,7 @@ class Producer:
         skip_chunks, total = self.tracker.resume_point(job_id) or (0, 0)
         self.tracker.create(job_id, queue)
         chunks = skip_chunks
-        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size)):
+        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size_for(queue))):
             if number < skip_chunks:
                 continue
             self._send_chunk(job_id, number, chunk, queue, collection)
@@ -154,7 +154,7 @@ class Producer:
         """Send again, chunk by chunk, the paths of the job that no worker has reported, and
         return how many. Safe to repeat: processing a path twice changes nothing."""
         resent = 0
-        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size)):
+        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size_for(queue))):
             missing = self.tracker.unprocessed(job_id, chunk)
             if missing:
                 self._send_chunk(job_id, number, missing, queue, collection, resent=True)

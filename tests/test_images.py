@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.images import DecodedImage, ImageError, decode, open_rgb
+from common.images import DecodedImage, ImageError, decode, normalise, open_rgb
 from common.models import get_spec
 
 SPEC = get_spec("efficientnet-lite0")
@@ -17,7 +17,7 @@ LIMIT = 100_000_000
 
 
 def _decode(data: bytes, max_pixels: int = LIMIT) -> DecodedImage:
-    return decode(data, SPEC.input_size, SPEC.mean, SPEC.std, max_pixels)
+    return decode(data, SPEC.input_size, max_pixels)
 
 
 def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -63,12 +63,14 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 def test_huge_valid_jpeg_is_downscaled(chelsea: Image.Image) -> None:
     big = chelsea.resize((8000, 5300))
     out = _decode(_encode(big, "JPEG", quality=80))
-    assert out.pixels.shape == (3, SPEC.input_size, SPEC.input_size)
+    assert out.pixels.shape == (SPEC.input_size, SPEC.input_size, 3)
+    assert out.pixels.dtype == np.uint8
     assert (out.width, out.height) == (8000, 5300)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel(), b.ravel()
+    """Cosine of two images as the model sees them (normalised, so centred on zero)."""
+    a, b = (normalise(x[None], SPEC.mean, SPEC.std).ravel() for x in (a, b))
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 

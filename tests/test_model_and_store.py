@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.images import decode
+from common.images import decode, normalise
 from common.models import export_onnx, get_spec
 from common.settings import Settings, get_settings
 from common.store import ImageStore, SchemaMismatchError, path_id
@@ -18,10 +18,7 @@ def batch(photos: Path) -> np.ndarray:
     spec = get_spec("efficientnet-lite0")
     names = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
     return np.stack(
-        [
-            decode((photos / n).read_bytes(), spec.input_size, spec.mean, spec.std, 10**8).pixels
-            for n in names
-        ]
+        [decode((photos / n).read_bytes(), spec.input_size, 10**8).pixels for n in names]
     )
 
 
@@ -44,8 +41,9 @@ def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray)
     what the GPU worker's fp16 relies on, checked on every machine."""
     import torch
 
-    model = get_spec("efficientnet-lite0").load().eval()
-    x = torch.from_numpy(batch)
+    spec = get_spec("efficientnet-lite0")
+    model = spec.load().eval()
+    x = torch.from_numpy(normalise(batch, spec.mean, spec.std))
     with torch.inference_mode():
         fp32 = model(x).numpy()
         fp16 = model.half()(x.half()).float().numpy()

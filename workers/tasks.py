@@ -7,7 +7,6 @@ Each worker process loads the model, the pipeline and the Milvus client once
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from common.celery_app import INGEST_TASK, SEARCH_TASK, app
 from common.jobs import JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
-from common.sources import SourceError, read_source
 from common.store import StoreCache, path_id
 
 log = logging.getLogger(__name__)
@@ -56,7 +54,8 @@ def context() -> WorkerContext:
 
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
-    # Load in each pool process at start, so the first task does not pay for it.
+    # Load in each prefork pool process at start, so the first task does not pay for it (a
+    # threads-pool worker loads it before it starts: workers/main.py).
     context()
 
 
@@ -94,66 +93,61 @@ def ingest_chunk(
     self: Task, job_id: str, paths: list[str], collection: str | None = None
 ) -> dict[str, Any]:
     """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one);
-    record each path's outcome in the job's progress."""
+    record each path's outcome in the job's progress. Files whose content hash is stored
+    already are not decoded again."""
     ctx = context()
     started = time.perf_counter()
-    failed: dict[str, str] = {}
-    payload: dict[str, tuple[bytes, str]] = {}
-    for path in paths:
-        try:
-            data = read_source(path, ctx.settings)
-        except SourceError as exc:
-            failed[path] = str(exc)
-            continue
-        payload[path] = (data, hashlib.sha256(data).hexdigest())
-    # The task's result state (AsyncResult.state) while the chunk is embedded.
-    self.update_state(
-        state="EMBEDDING", meta={"job_id": job_id, "paths": len(paths), "unreadable": len(failed)}
-    )
-
+    spent: dict[str, float] = {}  # seconds per stage, for the log
     try:
         store = ctx.stores.get(collection)
-        known = store.known_hashes([path_id(p) for p in payload])
+        known = store.known_hashes([path_id(p) for p in paths])
     except RETRYABLE:
         ctx.stores.forget()
         raise
-    unchanged = [p for p, (_, sha) in payload.items() if known.get(path_id(p)) == sha]
-    todo = [(p, data) for p, (data, sha) in payload.items() if known.get(path_id(p)) != sha]
+    spent["lookup"] = time.perf_counter() - started
+    # The task's result state (AsyncResult.state) while the chunk is embedded.
+    self.update_state(state="EMBEDDING", meta={"job_id": job_id, "paths": len(paths)})
+    results = ctx.pipeline([(p, None, known.get(path_id(p))) for p in paths])
+    spent["load+embed"] = time.perf_counter() - started - spent["lookup"]
+    retry = [r for r in results if r.retryable]
+    if retry:  # a URL that could not be fetched: the whole chunk is tried again later
+        raise OSError(f"{retry[0].key}: {retry[0].error}")
 
     now_ms = int(time.time() * 1000)
-    rows: list[dict[str, Any]] = []
-    for res in ctx.pipeline(todo):
-        if res.error is not None:
-            failed[res.key] = res.error
-            continue
-        rows.append(
-            {
-                "id": path_id(res.key),
-                "vector": res.vector,
-                "path": res.key,
-                "sha256": payload[res.key][1],
-                "width": res.width,
-                "height": res.height,
-                "ingested_at": now_ms,
-            }
-        )
+    rows = [
+        {
+            "id": path_id(r.key),
+            "vector": r.vector,
+            "path": r.key,
+            "sha256": r.sha256,
+            "width": r.width,
+            "height": r.height,
+            "ingested_at": now_ms,
+        }
+        for r in results
+        if r.vector is not None
+    ]
     try:
         store.upsert(rows)
     except RETRYABLE:
         ctx.stores.forget()
         raise
+    spent["upsert"] = time.perf_counter() - started - sum(spent.values())
     indexed = [r["path"] for r in rows]
+    unchanged = [r.key for r in results if r.unchanged]
+    failed = {r.key: str(r.error) for r in results if r.error is not None}
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
     for path, reason in failed.items():
         log.warning("job %s: %s: %s", job_id, path, reason)
     log.info(
-        "job %s: chunk of %d: %d indexed, %d unchanged, %d failed in %.2fs",
+        "job %s: chunk of %d: %d indexed, %d unchanged, %d failed in %.2fs (%s)",
         job_id,
         len(paths),
         len(indexed),
         len(unchanged),
         len(failed),
         time.perf_counter() - started,
+        " ".join(f"{stage} {t:.2f}s" for stage, t in spent.items()),
     )
     return {
         "job_id": job_id,
@@ -173,7 +167,7 @@ def search(name: str, image_b64: str, top_k: int, collection: str | None = None)
     """Embed one query image and return the ids and scores of its nearest indexed images."""
     ctx = context()
     started = time.perf_counter()
-    result = ctx.pipeline([(name, base64.b64decode(image_b64))])[0]
+    result = ctx.pipeline([(name, base64.b64decode(image_b64), None)])[0]
     if result.error is not None:
         return {"query": name, "error": result.error}
     embedded = time.perf_counter()

@@ -1,0 +1,355 @@
+"""GPU benchmark: the GPU worker end to end against its ceilings and against CPU workers on
+every core of the same machine, all measured in this run.
+
+    python benchmarks/gpu.py [--images 16000] [--budget-s 420] [--out DIR]
+    python benchmarks/gpu.py --dry      # the same code on the CPU, few images (no GPU needed)
+
+1 model ceiling: the model alone, fp16, tensors already on the GPU, batch 256.
+2 Embedder ceiling: uint8 images in host memory -> pinned -> GPU -> unit vectors, one thread.
+3 decode ceiling: the worker's decoding processes (one per core), files already in memory.
+4 pipeline: EmbeddingPipeline (decoding processes -> the one inference thread), 4 chunks at once.
+5 GPU worker end to end: `ris worker --queue gpu` (threads pool), enqueue -> last row searchable.
+6 CPU workers end to end: `ris worker --queue cpu --concurrency <cores>` (onnxruntime).
+Also: GPU utilisation during 5 (nvidia-smi), and the cosine of GPU vectors to CPU vectors.
+A step that would start less than 30 s before --budget-s runs out is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import LocalCluster, benchmark_images, machine, rss_mib
+
+RESULTS: dict[str, Any] = {}
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class GpuSampler:
+    """GPU utilisation and memory from nvidia-smi every 0.25 s while a run lasts."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = ["--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+        while not self._stop.wait(0.25):
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", *query], capture_output=True, text=True, timeout=5
+                ).stdout
+                util, mem = out.splitlines()[0].split(",")
+                self.samples.append((float(util), float(mem)))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return
+
+    def __enter__(self) -> GpuSampler:
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(6)
+
+    def summary(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        util = [s[0] for s in self.samples]
+        return {
+            "gpu_util_mean": round(sum(util) / len(util), 1),
+            "gpu_util_max": max(util),
+            "gpu_mem_max_mib": max(s[1] for s in self.samples),
+        }
+
+
+def timed(n: int, fn: Callable[[], object], min_s: float = 1.0) -> float:
+    """Items/s of ``fn`` (which handles ``n`` items), repeated for at least ``min_s``."""
+    fn()  # warm up
+    runs, started = 0, time.perf_counter()
+    while runs == 0 or time.perf_counter() - started < min_s:
+        fn()
+        runs += 1
+    return n * runs / (time.perf_counter() - started)
+
+
+def model_ceilings(device: str, batch: int) -> None:
+    """Figures 1 and 2."""
+    import torch
+
+    from common.models import Embedder
+    from common.settings import get_settings
+
+    settings = get_settings().model_copy(
+        update={"runtime": "torch", "device": device, "fp16": device == "cuda"}
+    )
+    embedder = Embedder(settings)
+    size = embedder.spec.input_size
+    model = embedder.spec.load().to(device)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = model.to(dtype=dtype)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+    if device == "cuda":
+        x = x.to(memory_format=torch.channels_last)
+
+    def resident() -> None:
+        with torch.inference_mode():
+            model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    RESULTS["model_resident"] = timed(batch, resident)
+    say(f"1 model alone, batch {batch}, resident: {RESULTS['model_resident']:.0f} images/s")
+    images = np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
+    RESULTS["embedder"] = timed(batch, lambda: embedder.embed(images))
+    say(f"2 Embedder.embed uint8 -> vectors, batch {batch}: {RESULTS['embedder']:.0f} images/s")
+
+
+def decode_ceiling(paths: list[Path], processes: int) -> None:
+    """Figure 3: every decoding process busy reading, hashing and decoding files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.decode_pool import load_in_processes
+    from common.settings import get_settings
+
+    settings = get_settings()
+    items = [(str(p), None, None) for p in paths]
+    groups = [items[i : i + 8] for i in range(0, len(items), 8)]
+
+    def run() -> None:
+        with ThreadPoolExecutor(2 * processes) as pool:
+            list(pool.map(lambda g: load_in_processes(g, settings, 224, processes), groups))
+
+    RESULTS["decode"] = timed(len(paths), run, min_s=0.5)
+    say(f"3 decode, {processes} processes: {RESULTS['decode']:.0f} images/s")
+
+
+def pipeline_alone(paths: list[Path], device: str, chunk: int, processes: int) -> None:
+    """Figure 4: the worker's pipeline as a GPU worker runs it (files read, hashed and decoded
+    in processes; 4 chunks in flight), without queue or database."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.pipeline import EmbeddingPipeline
+    from common.settings import Settings
+
+    # Settings(device=...) takes the device's defaults (batch, decoding processes).
+    settings = Settings(runtime="torch", device=device, fp16=True, decode_processes=processes)
+    pipeline = EmbeddingPipeline(settings)
+    items = [(str(p), None, None) for p in paths]
+    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+
+    def run() -> None:
+        with ThreadPoolExecutor(4) as pool:
+            for results in pool.map(pipeline, chunks):
+                assert all(r.error is None for r in results)
+
+    RESULTS["pipeline"] = timed(len(paths), run, min_s=0.5)
+    say(f"4 pipeline, chunks of {chunk}, 4 in flight: {RESULTS['pipeline']:.0f} images/s")
+
+
+def end_to_end(
+    cluster: LocalCluster,
+    name: str,
+    paths: list[Path],
+    queue: str,
+    env: dict[str, str],
+    concurrency: int | None = None,
+    log: Path | None = None,
+) -> None:
+    """Figures 5 and 6: ``ris ingest`` through Redis, real workers and Milvus Lite."""
+    from common.settings import get_settings
+    from producer.client import Producer
+
+    cluster.new_collection(**{k: v for k, v in env.items() if k == "RIS_QUEUES"})
+    t0 = time.perf_counter()
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"===== {name}\n")
+    cluster.start_workers(1, concurrency, queue=queue, log=log, **env)
+    startup = time.perf_counter() - t0
+    producer = Producer(get_settings())
+    producer.store.count()  # the collection exists before the clock starts
+    with GpuSampler() as sampler:
+        started = time.perf_counter()
+        job = producer.ingest((str(p) for p in paths), queue=queue)
+        progress = producer.wait(job, poll_s=0.1, timeout_s=600)
+        producer.store.flush()
+        rows = producer.store.count()
+        elapsed = time.perf_counter() - started
+    peak = max((rss_mib(p)[1] for p in cluster.worker_pids()), default=0.0)
+    cluster.stop_workers()
+    RESULTS[name] = {
+        "rate": len(paths) / elapsed,
+        "seconds": round(elapsed, 2),
+        "rows": rows,
+        "failed": progress.failed,
+        "worker_start_s": round(startup, 1),
+        "peak_rss_mib": round(peak),
+        "chunk": get_settings().chunk_size_for(queue),
+        **sampler.summary(),
+    }
+    say(f"{name}: {RESULTS[name]}")
+    assert rows == len(paths) and progress.failed == 0, RESULTS[name]
+
+
+def gpu_vs_cpu_cosine(paths: list[Path], device: str) -> None:
+    """The GPU path's vectors (torch fp16, uint8 normalised on the device) against the CPU
+    worker's (onnxruntime, float32)."""
+    from common.images import decode
+    from common.models import Embedder
+    from common.settings import get_settings
+
+    base = get_settings()
+    size = 224
+    images = np.stack([decode(p.read_bytes(), size, 10**8).pixels for p in paths[:64]])
+    gpu = Embedder(
+        base.model_copy(update={"runtime": "torch", "device": device, "fp16": device == "cuda"})
+    ).embed(images)
+    cpu = Embedder(base.model_copy(update={"runtime": "onnx", "device": "cpu"})).embed(images)
+    cos = np.sum(gpu * cpu, axis=1)
+    RESULTS["cosine_gpu_cpu"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+    say(f"cosine GPU path vs CPU path: {RESULTS['cosine_gpu_cpu']}")
+
+
+def report(args: argparse.Namespace, cores: int) -> str:
+    r = RESULTS
+    gpu, cpu = r.get("gpu_worker", {}).get("rate"), r.get("cpu_workers", {}).get("rate")
+    rows = [
+        ("1 model alone, fp16, batch 256, tensors on the GPU", r.get("model_resident")),
+        ("2 Embedder.embed: uint8 host -> pinned -> GPU -> vectors", r.get("embedder")),
+        (f"3 decode ceiling, {cores} decoding processes", r.get("decode")),
+        ("4 pipeline: decoding processes -> one inference thread", r.get("pipeline")),
+        ("5 one GPU worker, ris ingest --queue gpu, enqueue -> searchable", gpu),
+        (f"6 CPU workers, --concurrency {cores}, same machine, end to end", cpu),
+    ]
+    lines = [f"machine: {r.get('machine')}", f"GPU: {r.get('gpu')}", ""]
+    lines += ["| figure | images/s |", "|---|---|"]
+    lines += [f"| {label} | {f'{rate:,.0f}' if rate else 'skipped'} |" for label, rate in rows]
+    lines.append("")
+    if gpu and cpu:
+        lines.append(f"GPU worker / CPU workers on all cores: {gpu / cpu:.2f}x (target >= 3.5)")
+    if gpu and r.get("decode"):
+        lines.append(f"GPU worker / decode ceiling: {gpu / r['decode']:.2f}")
+    if gpu and r.get("pipeline"):
+        lines.append(f"GPU worker / pipeline alone: {gpu / r['pipeline']:.2f}")
+    for key, value in r.items():
+        if key.startswith(("gpu_worker", "cpu_workers")):
+            lines.append(f"{key}: {json.dumps(value)}")
+    if "cosine_gpu_cpu" in r:
+        lines.append(f"cosine GPU vs CPU vectors: {json.dumps(r['cosine_gpu_cpu'])}")
+    for err in r.get("errors", []):
+        lines.append(f"error: {err}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=16000)
+    parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "ris_data")))
+    parser.add_argument("--dry", action="store_true", help="on the CPU, few images")
+    parser.add_argument("--steps", help="comma-separated: only these steps (default: all)")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.budget_s
+    cores = os.cpu_count() or 1
+    device = "cpu" if args.dry else "cuda"
+    n = min(args.images, 96) if args.dry else args.images
+    RESULTS["machine"] = machine()
+    if device == "cuda":
+        import torch
+
+        RESULTS["gpu"] = f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    say(f"{RESULTS['machine']}; {RESULTS.get('gpu', 'no GPU (dry run)')}; {n} images")
+    paths = benchmark_images(n)
+    sample = paths[:4096]
+    args.out.mkdir(parents=True, exist_ok=True)
+    wlog = args.out / "gpu_worker.log"
+    say("images ready")
+    decoders, chunk = (2, 16) if args.dry else (cores, 512)
+    # The GPU queue needs RIS_DEVICE=cuda; a dry run uses a queue of another name.
+    gpu_queue = "gpu" if device == "cuda" else "bulk"
+    gpu_env = {"RIS_DEVICE": device, "RIS_RUNTIME": "torch", "RIS_FP16": "true"}
+    if args.dry:
+        gpu_env |= {"RIS_QUEUES": "cpu,gpu,bulk", "RIS_WORKER_POOL": "threads"}
+        gpu_env |= {"RIS_DECODE_PROCESSES": "2", "RIS_BATCH_SIZE": "16"}
+    os.environ.update({k: v for k, v in gpu_env.items() if k == "RIS_QUEUES"})
+    cpu_env = {
+        "RIS_DEVICE": "cpu",
+        "RIS_RUNTIME": "onnx",
+        "RIS_INFERENCE_THREADS": "1",
+        "RIS_DECODE_THREADS": "1",
+    }
+    with LocalCluster() as cluster:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("ceilings", lambda: model_ceilings(device, 16 if args.dry else 256)),
+            ("cosine", lambda: gpu_vs_cpu_cosine(sample, device)),
+            ("decode", lambda: decode_ceiling(sample, decoders)),
+            (
+                "gpu_worker",
+                lambda: end_to_end(cluster, "gpu_worker", paths, gpu_queue, gpu_env, log=wlog),
+            ),
+            (
+                "cpu_workers",
+                lambda: end_to_end(cluster, "cpu_workers", paths, "cpu", cpu_env, cores),
+            ),
+            ("pipeline", lambda: pipeline_alone(sample, device, chunk, decoders)),
+        ]
+        # Other GPU worker settings, while the budget lasts: more chunks in flight, a smaller
+        # batch, fewer decoding processes (cores left to the worker, Redis and Milvus).
+        for name, extra, conc in (
+            ("gpu_worker_16_in_flight", {}, 16),
+            ("gpu_worker_batch_128", {"RIS_BATCH_SIZE": "128"}, None),
+            ("gpu_worker_12_decoders", {"RIS_DECODE_PROCESSES": str(max(1, cores - 4))}, None),
+        ):
+            env = {**gpu_env, **extra}
+            steps.append(
+                (
+                    name,
+                    lambda n=name, e=env, c=conc: end_to_end(
+                        cluster, n, paths, gpu_queue, e, c, log=wlog
+                    ),
+                )
+            )
+        wanted = set(args.steps.split(",")) if args.steps else None
+        for name, step in steps:
+            if wanted is not None and name not in wanted:
+                continue
+            if time.monotonic() > deadline - 30:
+                RESULTS.setdefault("errors", []).append(f"{name}: skipped, out of budget")
+                continue
+            try:
+                step()
+            except Exception as exc:  # report and go on: one run of the machine is all we get
+                RESULTS.setdefault("errors", []).append(f"{name}: {type(exc).__name__}: {exc}")
+                say(f"{name} failed: {type(exc).__name__}: {exc}")
+    text = report(args, cores)
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_benchmark.md").write_text(text + "\n")
+    (args.out / "gpu_benchmark.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+    return 0 if not RESULTS.get("errors") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Load one image for the model: read its bytes (unless given), hash them, skip it when the
+stored hash matches, decode it. What a decoding process (or thread) does, in one place.
+
+A GPU worker runs this in processes (``common.decode_pool``): reading, hashing and decoding
+would otherwise take the worker's GIL away from the loop that feeds the GPU. A file is held
+only while it is decoded, so a worker's memory is bounded by its decoders, not by its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.images import ImageError, decode
+from common.settings import Settings
+from common.sources import SourceError, read_source
+
+# (key, image bytes or None to read the file or URL named by key, sha256 already stored or None)
+Item = tuple[str, bytes | None, str | None]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One item's outcome: a decoded image, or unchanged, or the reason it failed."""
+
+    key: str
+    sha256: str = ""
+    pixels: np.ndarray | None = None  # uint8 (S, S, 3)
+    width: int = 0  # of the original, upright
+    height: int = 0
+    # Where the pixels wait in the decoding processes' shared memory instead (common.decode_pool)
+    slot: int = -1
+    unchanged: bool = False
+    error: str | None = None
+    # A network failure worth retrying the task for, rather than a bad file.
+    retryable: bool = False
+
+
+def load(item: Item, settings: Settings, size: int) -> Loaded:
+    """Read, hash and decode one item; never raises."""
+    key, data, known_sha = item
+    try:
+        if data is None:
+            data = read_source(key, settings)
+        sha = hashlib.sha256(data).hexdigest()
+        if sha == known_sha:
+            return Loaded(key, sha, unchanged=True)
+        image = decode(data, size, settings.max_image_pixels)
+        return Loaded(key, sha, image.pixels, image.width, image.height)
+    except (SourceError, ImageError) as exc:
+        return Loaded(key, error=str(exc))
+    except OSError as exc:  # read_source: network trouble
+        return Loaded(key, error=f"{type(exc).__name__}: {exc}", retryable=True)
+    except Exception as exc:  # never let one file fail the others
+        return Loaded(key, error=f"cannot decode: {type(exc).__name__}: {exc}")

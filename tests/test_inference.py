@@ -1,0 +1,226 @@
+"""The GPU worker's design, exercised on the CPU with the same code (RIS_RUNTIME=torch): one
+thread runs the model whatever runs around it, batches fill across tasks, decoding in
+processes, uint8 input, chunk and batch sizes per queue."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from common.images import decode, normalise
+from common.inference import InferenceEngine
+from common.loading import Item
+from common.models import Embedder, get_spec
+from common.pipeline import EmbeddingPipeline
+from common.settings import Settings, get_settings
+from producer.client import Producer
+from tests.helpers import start_worker, stop_worker
+
+SPEC = get_spec("efficientnet-lite0")
+
+
+def _torch_cpu(**update: object) -> Settings:
+    return get_settings().model_copy(update={"runtime": "torch", "device": "cpu", **update})
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# Each test that takes ``device`` runs on the CPU everywhere and on CUDA where there is one.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not _has_cuda(), reason="no CUDA device")),
+]
+
+
+@pytest.fixture(scope="module")
+def items(photos: Path) -> list[Item]:
+    return [(str(p), p.read_bytes(), None) for p in sorted(photos.iterdir())]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_uint8_input_matches_the_float_path_within_1e_3_cosine(
+    items: list[Item], device: str
+) -> None:
+    """Images travel as uint8 and are normalised where the model runs (on the GPU there):
+    the vectors equal those of the float32 input the model was always given."""
+    import torch
+
+    images = np.stack([decode(data, SPEC.input_size, 10**8).pixels for _, data, _ in items[:8]])
+    model = SPEC.load().eval()
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(normalise(images, SPEC.mean, SPEC.std))).numpy()
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    runtimes = [("torch", False), ("onnx", False)] if device == "cpu" else [("torch", True)]
+    for runtime, fp16 in runtimes:
+        vectors = Embedder(_torch_cpu(runtime=runtime, device=device, fp16=fp16)).embed(images)
+        assert np.min(np.sum(vectors * reference, axis=1)) > 1 - 1e-3, runtime
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_model_runs_on_one_thread_whatever_calls_it(items: list[Item], device: str) -> None:
+    """Four decoding threads, two decoding processes and three concurrent chunks: every model
+    call still runs on the engine's one thread (torch on CUDA pays cuDNN's set-up on each new
+    thread: 53 instead of 7,936 images/s)."""
+    settings = _torch_cpu(decode_threads=4, decode_processes=2, batch_size=4, device=device)
+    pipeline = EmbeddingPipeline(settings)
+    outcomes: list[list[str | None]] = []
+
+    def chunk(part: list[Item]) -> None:
+        outcomes.append([r.error for r in pipeline(part)])
+
+    threads = [threading.Thread(target=chunk, args=(items[i::3],)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(len(o) for o in outcomes) == sorted(len(items[i::3]) for i in range(3))
+    assert all(error is None for o in outcomes for error in o)
+    engine = pipeline.engine
+    assert engine.embedder.call_threads == {engine._thread.ident}
+    assert engine._thread.ident != threading.get_ident()
+
+
+def test_batches_fill_across_concurrent_requests() -> None:
+    """Two tasks' windows of 4 images each become one model call of RIS_BATCH_SIZE=8."""
+    engine = InferenceEngine(_torch_cpu(batch_size=8, batch_wait_ms=500))
+    try:
+        blank = np.zeros((4, SPEC.input_size, SPEC.input_size, 3), np.uint8)
+        engine.embed(blank[:1])  # warm up: one call
+        before = engine.batches
+        barrier = threading.Barrier(2)
+
+        def request() -> None:
+            barrier.wait()
+            assert engine.embed(blank).shape == (4, SPEC.dim)
+
+        threads = [threading.Thread(target=request) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert engine.batches - before == 1
+        # A request larger than a batch is split into batches of RIS_BATCH_SIZE.
+        assert engine.embed(np.zeros((20, *blank.shape[1:]), np.uint8)).shape == (20, SPEC.dim)
+    finally:
+        engine.close()
+
+
+def test_chunk_and_batch_sizes_follow_the_queue_and_device(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("RIS_DEVICE", "cuda")
+    cuda = Settings()
+    assert (cuda.batch_size, cuda.worker_pool) == (256, "threads")
+    assert cuda.decode_processes >= 1
+    monkeypatch.setenv("RIS_BATCH_SIZE", "64")
+    assert Settings().batch_size == 64  # RIS_BATCH_SIZE means what it says
+    monkeypatch.delenv("RIS_DEVICE")
+    cpu = Settings()
+    assert (cpu.decode_processes, cpu.worker_pool) == (0, "prefork")
+
+    # The producer cuts a job into chunks of the queue's size: count the messages it sends.
+    queues = [f"q{uuid.uuid4().hex[:6]}", f"gpu{uuid.uuid4().hex[:6]}"]
+    settings = get_settings().model_copy(
+        update={"queues": queues, "chunk_size": 2, "gpu_chunk_size": 3}
+    )
+    producer = Producer(settings)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for queue, chunks in zip(queues, (4, 3), strict=True):
+            producer.ingest([f"/nonexistent/{i}.jpg" for i in range(7)], queue=queue)
+            assert r.llen(queue) == chunks
+    finally:
+        r.delete(*queues)
+
+
+def test_a_threads_pool_worker_with_decoding_processes_indexes_a_job(
+    photos: Path, tmp_root: Path
+) -> None:
+    """The GPU worker's configuration (threads pool, tasks in flight, decoding processes,
+    torch) on the CPU: every image indexed once, and the original is the top match."""
+    queue = "bulk"
+    env = {
+        "RIS_QUEUES": f"cpu,gpu,{queue}",
+        "RIS_WORKER_POOL": "threads",
+        "RIS_DECODE_PROCESSES": "2",
+        "RIS_RUNTIME": "torch",
+        "RIS_BATCH_SIZE": "16",
+        "RIS_COLLECTION": f"threads_{uuid.uuid4().hex[:6]}",
+    }
+    proc = start_worker(queue, f"threads-{uuid.uuid4().hex[:4]}@%h", env, tmp_root / "threads.log")
+    try:
+        settings = get_settings().model_copy(
+            update={
+                "queues": ["cpu", "gpu", queue],
+                "chunk_size": 4,
+                "collection": env["RIS_COLLECTION"],
+            }
+        )
+        producer = Producer(settings)
+        images = sorted(str(p) for p in photos.iterdir())
+        job = producer.ingest(images, queue=queue)
+        progress = producer.wait(job, timeout_s=300)
+        assert (progress.indexed, progress.failed) == (len(images), 0)
+        assert producer.store.count() == len(images)
+        hits = producer.collect(producer.submit_query(images[3], top_k=2, queue=queue)).hits
+        assert hits[0].path == images[3] and hits[0].score > 0.999
+    finally:
+        stop_worker(proc)
+    assert proc.returncode is not None
+    log = (tmp_root / "threads.log").read_text()
+    assert "threads pool of 8" in log and "2 decoding process(es)" in log, log[-2000:]
+    # The decoding processes died with their worker.
+    ps = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
+    assert not [p for p in ps.stdout.split() if _parent_is(int(p), proc.pid)]
+
+
+def _parent_is(pid: int, parent: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[1]) == parent
+
+
+def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
+    items: list[Item],
+) -> None:
+    """Files read, hashed and decoded in the decoding processes (pixels back through shared
+    memory) equal those loaded in this thread; a decoding process SIGKILLed between calls is
+    replaced and no file is lost."""
+    import os
+    import signal
+
+    from common import decode_pool
+    from common.loading import load
+
+    settings = get_settings()
+    paths = [(key, None, None) for key, _, _ in items]
+    here = [load(item, settings, SPEC.input_size) for item in paths]
+    there = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
+    for a, b in zip(here, there, strict=True):
+        assert (a.key, a.sha256, a.width, a.height, a.error) == (
+            b.key,
+            b.sha256,
+            b.width,
+            b.height,
+            b.error,
+        )
+        assert a.pixels is not None and b.pixels is not None and np.array_equal(a.pixels, b.pixels)
+    pool = decode_pool._pool
+    assert pool is not None and pool.slots is not None  # the shared-memory path was taken
+    victim = next(iter(pool.executor._processes))
+    os.kill(victim, signal.SIGKILL)
+    again = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
+    assert [x.error for x in again] == [None] * len(paths)
+    assert [x.sha256 for x in again] == [x.sha256 for x in here]
