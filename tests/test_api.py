@@ -1,0 +1,380 @@
+"""``ris serve`` for real: a uvicorn process on a free port, the session's worker, Milvus Lite.
+
+The API reads only under its own RIS_ALLOWED_ROOTS (a copy of the photos); the worker reads
+anywhere, so ids whose paths lie outside the API's root exist in the collection and must
+still never be served.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+from common.store import path_id
+from tests.helpers import ROOT, free_port
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+UPLOAD_LIMIT = 2_000_000
+PIXEL_LIMIT = 20_000_000
+TOKEN = "s3cret-token-for-tests"
+
+
+@dataclass
+class Server:
+    """A running ``ris serve`` process and how to reach it."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    token: str | None = None
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def call(self, method: str, path: str, auth: bool = True, **kw: Any) -> requests.Response:
+        headers = dict(kw.pop("headers", {}))
+        if auth and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return self.session.request(
+            method, self.url + path, headers=headers, timeout=kw.pop("timeout", 120), **kw
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def launch(host: str, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    full_env = {**os.environ, "RIS_API_HOST": host, "RIS_API_PORT": str(port), **env}
+    out = open(log, "ab")  # noqa: SIM115 (the child keeps it)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "serve"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, port
+
+
+def start_server(
+    host: str, log: Path, env: dict[str, str], connect_host: str | None = None
+) -> Server:
+    """Start ``ris serve`` and wait until it answers."""
+    proc, port = launch(host, log, env)
+    server = Server(f"http://{connect_host or host}:{port}", proc, log, env.get("RIS_API_TOKEN"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ris serve exited {proc.returncode}: {log.read_text()}")
+        try:
+            if server.call("GET", "/api/config", timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"ris serve did not answer within 120 s: {log.read_text()}")
+
+
+def non_loopback_address() -> tuple[str, str]:
+    """(address to bind, address to connect): a local non-loopback IPv4 address where the
+    machine has one (no packet is sent), else all interfaces reached through loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            address = s.getsockname()[0]
+        except OSError:
+            address = ""
+    if address and not address.startswith("127."):
+        return address, address
+    return "0.0.0.0", "127.0.0.1"
+
+
+def wait_job(server: Server, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = server.call("GET", f"/api/jobs/{job_id}").json()
+        if job["finished"]:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not finished in {timeout_s} s: {job}")
+
+
+def wait_task(server: Server, task_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = server.call("GET", f"/api/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        task = response.json()
+        if task["state"] in ("SUCCESS", "FAILURE"):
+            return task
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} not done in {timeout_s} s")
+
+
+def altered_copy(src: Path, dest: Path) -> Path:
+    """A 60 % resized, JPEG re-encoded copy: what users search with."""
+    with Image.open(src) as img:
+        rgb = img.convert("RGB")
+        rgb.resize((rgb.width * 3 // 5, rgb.height * 3 // 5)).save(dest, "JPEG", quality=75)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def api_root(tmp_root: Path, photos: Path) -> Path:
+    """The only folder the API may read: a copy of the photos."""
+    root = tmp_root / "api-root"
+    shutil.copytree(photos, root / "photos", dirs_exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_root: Path, api_root: Path) -> Iterator[Server]:
+    env = {
+        "RIS_ALLOWED_ROOTS": str(api_root),
+        "RIS_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "RIS_API_MAX_UPLOAD_PIXELS": str(PIXEL_LIMIT),
+    }
+    server = start_server("127.0.0.1", tmp_root / "api.log", env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def indexed(server: Server, api_root: Path) -> dict[str, Any]:
+    """The photos under the API's root, indexed through POST /api/ingest."""
+    response = server.call("POST", "/api/ingest", json={"inputs": [str(api_root / "photos")]})
+    assert response.status_code == 202, response.text
+    return wait_job(server, response.json()["job_id"])
+
+
+def test_ingest_job_and_its_progress_stream(
+    server: Server, indexed: dict[str, Any], api_root: Path, tmp_path: Path
+) -> None:
+    n_photos = len(list((api_root / "photos").iterdir()))
+    assert indexed["total"] == n_photos and indexed["failed"] == 0
+    assert indexed["indexed"] + indexed["unchanged"] == n_photos
+
+    # A new folder with a broken file: follow it on the event stream until it finishes.
+    folder = api_root / "more"
+    folder.mkdir(exist_ok=True)
+    for src in sorted((api_root / "photos").iterdir())[:3]:
+        altered_copy(src, folder / f"{src.stem}_small.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    job = server.call("POST", "/api/ingest", json={"inputs": [str(folder)]}).json()
+    assert job["total"] == 4
+    events = []
+    with server.call("GET", f"/api/jobs/{job['job_id']}/events", stream=True) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    assert events and events[-1]["finished"], events  # the stream ends when the job does
+    processed = [e["processed"] for e in events]
+    assert processed == sorted(processed) and processed[-1] == 4
+    final = server.call("GET", f"/api/jobs/{job['job_id']}").json()
+    assert final["indexed"] + final["unchanged"] == 3 and final["failed"] == 1
+    assert list(final["failures"]) == [str(folder / "broken.jpg")]
+    assert server.call("GET", "/api/jobs/no-such-job").status_code == 404
+
+
+def test_upload_finds_the_original_first(
+    server: Server, indexed: dict[str, Any], api_root: Path, tmp_path: Path
+) -> None:
+    for name in ("chelsea.png", "rocket.jpg"):
+        original = api_root / "photos" / name
+        query = altered_copy(original, tmp_path / f"{original.stem}_q.jpg")
+        with open(query, "rb") as fh:
+            response = server.call(
+                "POST", "/api/search?top_k=5", files={"file": (query.name, fh, "image/jpeg")}
+            )
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        assert response.headers["location"] == f"/api/tasks/{task_id}"
+        task = wait_task(server, task_id)
+        assert task["state"] == "SUCCESS", task
+        assert len(task["hits"]) == 5 and task["hits"][0]["path"] == str(original), task
+        assert task["hits"][0]["score"] > 0.9 and task["hits"][0]["rank"] == 1
+        assert int(task["hits"][0]["id"]) == path_id(str(original))
+
+    # wait=true answers with the hits at once.
+    with open(query, "rb") as fh:
+        response = server.call(
+            "POST", "/api/search?wait=true", files={"file": ("q.jpg", fh, "image/jpeg")}
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["hits"][0]["path"] == str(original)
+
+    # By path, under the root: the same answer.
+    response = server.call(
+        "POST", "/api/search?wait=true&top_k=3", data={"source": str(api_root / "photos" / name)}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["hits"][0]["path"] == str(original)
+
+
+def test_thumbnail_and_full_size_of_an_indexed_id(
+    server: Server, indexed: dict[str, Any], api_root: Path
+) -> None:
+    original = api_root / "photos" / "astronaut.png"
+    image_id = path_id(str(original))
+    response = server.call("GET", f"/api/images/{image_id}/thumbnail")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(response.content)) as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) == 256
+    full = server.call("GET", f"/api/images/{image_id}")
+    assert full.status_code == 200 and full.headers["content-type"] == "image/png"
+    assert full.content == original.read_bytes()
+    assert server.call("GET", "/api/images/12345/thumbnail").status_code == 404
+    assert server.call("GET", "/api/images/x/thumbnail").status_code == 422
+    missing = server.call("GET", f"/api/images/{image_id}/thumbnail?collection=nope_nothing")
+    assert missing.status_code == 404
+
+
+def test_a_path_outside_the_allowed_roots_is_never_served(
+    server: Server, indexed: dict[str, Any], api_root: Path, photos: Path, producer, tmp_path: Path
+) -> None:
+    # An id in the collection whose path lies outside the API's root (the worker may read it).
+    outside = photos / "coffee.png"
+    producer.wait(producer.ingest([str(outside)]), timeout_s=300)
+    assert path_id(str(outside)) in producer.store.resolve([path_id(str(outside))])
+    refused = server.call("GET", f"/api/images/{path_id(str(outside))}/thumbnail")
+    assert refused.status_code == 403 and "outside the allowed roots" in refused.text
+    assert server.call("GET", f"/api/images/{path_id(str(outside))}").status_code == 403
+
+    # A file indexed under the root, then swapped for a symlink that escapes it.
+    secret = tmp_path / "secret.png"
+    shutil.copy(photos / "horse.png", secret)
+    swapped = api_root / "swapped.png"
+    shutil.copy(photos / "coins.png", swapped)
+    job = server.call("POST", "/api/ingest", json={"inputs": [str(swapped)]}).json()
+    assert wait_job(server, job["job_id"])["failed"] == 0
+    assert server.call("GET", f"/api/images/{path_id(str(swapped))}/thumbnail").ok
+    swapped.unlink()
+    swapped.symlink_to(secret)
+    assert server.call("GET", f"/api/images/{path_id(str(swapped))}/thumbnail").status_code == 403
+
+    # Paths from requests: query images, ingest inputs ('..' and globs included).
+    for source in (str(outside), "/etc/passwd", f"{api_root}/../photos/coffee.png"):
+        response = server.call("POST", "/api/search", data={"source": source})
+        assert response.status_code == 403, (source, response.text)
+    for inputs in ([str(photos)], [f"{api_root}/../photos"], [f"{photos}/*.png"], ["/etc"]):
+        response = server.call("POST", "/api/ingest", json={"inputs": inputs})
+        assert response.status_code == 403, (inputs, response.text)
+    # A URL is refused while no prefix allows it (RIS_ALLOWED_ROOTS restricts the API).
+    response = server.call("POST", "/api/search", data={"source": "http://127.0.0.1:1/x.jpg"})
+    assert response.status_code == 403
+
+
+def test_oversize_and_non_image_uploads_are_refused(server: Server, tmp_path: Path) -> None:
+    big = os.urandom(UPLOAD_LIMIT + 200_000)
+    response = server.call("POST", "/api/search", files={"file": ("big.jpg", big, "image/jpeg")})
+    assert response.status_code == 413 and "limit" in response.text
+
+    # Chunked, with no Content-Length to trust: refused once the count passes the limit.
+    boundary = "ris-test-boundary"
+    head = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=file; filename=big.jpg\r\n"
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    try:
+        response = server.call(
+            "POST",
+            "/api/search",
+            data=chunks(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert response.status_code == 413, response.text
+    except requests.ConnectionError:
+        pass  # the server may close the connection while the client is still sending
+
+    # A decompression bomb: a small file, too many pixels.
+    bomb = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(bomb, "PNG")
+    assert len(bomb.getvalue()) < UPLOAD_LIMIT
+    response = server.call(
+        "POST", "/api/search", files={"file": ("bomb.png", bomb.getvalue(), "image/png")}
+    )
+    assert response.status_code == 413 and "pixels" in response.text
+
+    # The content type is checked by decoding, not taken from the header.
+    fake = b"#!/bin/sh\necho this is not an image\n" * 10
+    response = server.call("POST", "/api/search", files={"file": ("x.jpg", fake, "image/jpeg")})
+    assert response.status_code == 415 and "not an image" in response.text
+    assert server.call("GET", "/api/config").status_code == 200  # still serving
+
+
+def test_health_docs_and_page(server: Server) -> None:
+    health = server.call("GET", "/api/health")
+    assert health.status_code == 200, health.text
+    assert health.json()["redis"] and health.json()["milvus"] and health.json()["workers"] >= 1
+    paths = server.call("GET", "/openapi.json").json()["paths"]
+    for path in ("/api/search", "/api/tasks/{task_id}", "/api/ingest", "/api/jobs/{job_id}"):
+        assert path in paths, path
+    assert "/api/images/{image_id}/thumbnail" in paths and "/api/health" in paths
+    page = server.call("GET", "/")
+    assert page.status_code == 200 and "<title>ris" in page.text
+    assert server.call("GET", "/static/app.js").status_code == 200
+    # CORS is off by default: no header invites another origin's page.
+    cors = server.call("GET", "/api/config", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in cors.headers
+
+
+def test_off_loopback_needs_a_token(tmp_root: Path) -> None:
+    bind, connect = non_loopback_address()
+    # Without RIS_API_TOKEN the server refuses to start, saying what to set.
+    proc, port = launch(bind, tmp_root / "api-refused.log", {"RIS_API_TOKEN": ""})
+    assert proc.wait(60) != 0
+    message = (tmp_root / "api-refused.log").read_text()
+    assert "refusing to serve the API" in message and "RIS_API_TOKEN" in message
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{connect}:{port}/api/config", timeout=5)
+
+    server = start_server(
+        bind, tmp_root / "api-token.log", {"RIS_API_TOKEN": TOKEN}, connect_host=connect
+    )
+    try:
+        for path in ("/api/jobs/some-job", "/api/tasks/q-00000000-00000000", "/api/images/1"):
+            response = server.call("GET", path, auth=False)
+            assert response.status_code == 401, (path, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+            wrong = server.call("GET", path, auth=False, headers={"Authorization": "Bearer no"})
+            assert wrong.status_code == 401
+        upload = server.call(
+            "POST", "/api/search", auth=False, files={"file": ("x.png", b"x", "image/png")}
+        )
+        assert upload.status_code == 401
+        assert server.call("GET", "/api/jobs/some-job").status_code == 404  # token: let in
+        task = server.call("GET", "/api/tasks/q-00000000-00000000")
+        assert task.status_code == 200 and task.json()["state"] == "PENDING"
+        assert server.call("GET", "/api/config", auth=False).json()["token_required"] is True
+        assert server.call("GET", "/", auth=False).status_code == 200  # the page itself
+    finally:
+        server.stop()
