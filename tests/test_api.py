@@ -378,3 +378,55 @@ def test_off_loopback_needs_a_token(tmp_root: Path) -> None:
         assert server.call("GET", "/", auth=False).status_code == 200  # the page itself
     finally:
         server.stop()
+
+
+def test_web_page_indexes_a_folder_and_finds_the_original(
+    server: Server, api_root: Path, photos: Path, tmp_root: Path, tmp_path: Path
+) -> None:
+    """Debian's chromium, headless, driven by Playwright: index a folder on the page, watch
+    the bar fill, drop a query image, see the original first, open it full size."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    folder = api_root / "web"
+    folder.mkdir(exist_ok=True)
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "horse.png"):
+        shutil.copy(photos / name, folder / name)
+    original = folder / "chelsea.png"
+    query = altered_copy(original, tmp_path / "chelsea_query.jpg")
+
+    with sync_api.sync_playwright() as pw:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []  # root: no user namespaces
+        browser = pw.chromium.launch(executable_path=chromium, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(server.url + "/")
+            page.wait_for_selector("body[data-ready=yes]")
+            page.fill("#ingest-path", str(folder))
+            page.click("#ingest-form button")
+            page.wait_for_selector("#ingest-status[data-finished=yes]", timeout=300_000)
+            bar = page.eval_on_selector("#ingest-progress", "b => [b.value, b.max]")
+            assert bar == [5, 5], bar
+            assert "5/5 processed" in page.inner_text("#ingest-status")
+
+            page.set_input_files("#file", str(query))
+            page.wait_for_selector(".hit[data-rank='1']", timeout=120_000)
+            page.wait_for_function(
+                "[...document.querySelectorAll('.hit')].every(c => c.dataset.loaded)"
+            )
+            first = page.get_attribute(".hit[data-rank='1']", "data-path")
+            # The photos exist at several paths in this session; any of them is the original.
+            assert first and Path(first).read_bytes() == original.read_bytes(), first
+            assert page.eval_on_selector(".hit[data-rank='1'] img", "i => i.naturalWidth") > 0
+            assert "score" in page.inner_text(".hit[data-rank='1']")
+            page.screenshot(path=str(tmp_root / "web_page.png"), full_page=True)
+
+            page.click(".hit[data-rank='1']")
+            page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
+            assert page.eval_on_selector("#viewer", "d => d.open")
+            width = page.eval_on_selector("#viewer-img", "i => i.naturalWidth")
+            with Image.open(first) as img:
+                assert width == img.width  # full size, not the thumbnail
+        finally:
+            browser.close()
