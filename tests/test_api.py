@@ -371,6 +371,14 @@ def test_off_loopback_needs_a_token(tmp_root: Path) -> None:
             "POST", "/api/search", auth=False, files={"file": ("x.png", b"x", "image/png")}
         )
         assert upload.status_code == 401
+        # Refused before the body is read: headers announcing 1 MB, no body sent.
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(
+                b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+            )
+            assert raw.recv(100).startswith(b"HTTP/1.1 401"), "the server waited for the body"
         assert server.call("GET", "/api/jobs/some-job").status_code == 404  # token: let in
         task = server.call("GET", "/api/tasks/q-00000000-00000000")
         assert task.status_code == 200 and task.json()["state"] == "PENDING"

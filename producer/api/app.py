@@ -32,7 +32,7 @@ from producer.api.schemas import (
     PageConfig,
     TaskOut,
 )
-from producer.api.security import BodyLimit, token_guard
+from producer.api.security import BodyLimit, TokenGate, token_guard
 from producer.client import Producer, QueryError, QueryResult
 from producer.flower import is_loopback
 from producer.inputs import expand_inputs
@@ -44,6 +44,8 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MULTIPART_OVERHEAD = 64 * 1024
 TASK_ID_PATTERN = r"^q-[0-9a-f]{8}-[0-9a-f]{8}$"
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+# Routes under /api that answer without the token (no data from the index).
+PUBLIC_PATHS = frozenset({"/api/health", "/api/config"})
 Collection = Annotated[str | None, Query(pattern=COLLECTION_PATTERN)]
 TaskId = Annotated[str, PathParam(pattern=TASK_ID_PATTERN)]
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN)]
@@ -86,6 +88,10 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         "Every /api route but /api/health and /api/config needs `Authorization: Bearer "
         "<RIS_API_TOKEN>` when a token is set.",
     )
+    # Added first = innermost: CORS answers preflights, then the body limit, then the token.
+    if settings.api_token is not None:
+        token = settings.api_token.get_secret_value().encode()
+        app.add_middleware(TokenGate, token=token, public=PUBLIC_PATHS)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_upload_bytes + MULTIPART_OVERHEAD)
     if settings.api_cors_origins:
         app.add_middleware(

@@ -24,8 +24,22 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
+def bearer_matches(header: bytes, token: bytes) -> bool:
+    """Whether an Authorization header value carries ``token`` (compared in constant time, so
+    the comparison does not leak how much of a guess was right)."""
+    scheme, _, given = header.partition(b" ")
+    return scheme.lower() == b"bearer" and secrets.compare_digest(given.strip(), token)
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
 def token_guard(settings: Settings) -> Callable[..., None]:
-    """A dependency that demands ``Authorization: Bearer <RIS_API_TOKEN>`` when a token is set."""
+    """A route dependency demanding ``Authorization: Bearer <RIS_API_TOKEN>`` when a token is
+    set; it also declares the scheme in the OpenAPI document."""
     bearer = HTTPBearer(auto_error=False, description="RIS_API_TOKEN")
     token = settings.api_token.get_secret_value().encode() if settings.api_token else None
 
@@ -35,13 +49,36 @@ def token_guard(settings: Settings) -> Callable[..., None]:
         if token is None:
             return
         given = credentials.credentials.encode() if credentials else b""
-        # Constant time: the comparison must not leak how much of a guess was right.
-        if not secrets.compare_digest(given, token):
-            raise HTTPException(
-                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+        if not bearer_matches(b"Bearer " + given, token):
+            raise _unauthorized()
 
     return guard
+
+
+class TokenGate:
+    """Answer 401 to a request for a guarded path without the token before its body is read
+    (FastAPI parses a form before it runs the route's dependencies)."""
+
+    def __init__(self, app: ASGIApp, token: bytes, public: frozenset[str]) -> None:
+        self.app = app
+        self.token = token
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/api/")
+            and scope["path"] not in self.public
+            and not bearer_matches(dict(scope["headers"]).get(b"authorization", b""), self.token)
+        ):
+            await _send_json(
+                send,
+                401,
+                {"detail": "missing or wrong bearer token"},
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -77,16 +114,22 @@ class BodyLimit:
         return f"request body exceeds the upload limit of {self.max_bytes:,} bytes"
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": self._reason()}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, {"detail": self._reason()}, [(b"connection", b"close")])
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]]
+) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
