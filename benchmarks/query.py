@@ -122,11 +122,13 @@ def api_server() -> Iterator[str]:
     from tests.helpers import free_port
 
     port = free_port()
+    log = Path("ris_data/bench/api.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "producer.cli", "serve", "--port", str(port)],
         env={**os.environ, "RIS_API_HOST": "127.0.0.1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -138,7 +140,7 @@ def api_server() -> Iterator[str]:
             except requests.ConnectionError:
                 time.sleep(0.2)
         else:
-            raise RuntimeError("ris serve did not answer within 120 s")
+            raise RuntimeError(f"ris serve did not answer within 120 s (log: {log})")
         yield url
     finally:
         proc.terminate()
