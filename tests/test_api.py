@@ -195,6 +195,10 @@ def test_ingest_job_and_its_progress_stream(
     assert final["indexed"] + final["unchanged"] == 3 and final["failed"] == 1
     assert list(final["failures"]) == [str(folder / "broken.jpg")]
     assert server.call("GET", "/api/jobs/no-such-job").status_code == 404
+    bad_list = api_root / "bad.txt"
+    bad_list.write_bytes(b"\xff\xfe\x00 not text")
+    response = server.call("POST", "/api/ingest", json={"inputs": [str(bad_list)]})
+    assert response.status_code == 422 and "cannot read the inputs" in response.text
 
 
 def test_upload_finds_the_original_first(

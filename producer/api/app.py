@@ -3,6 +3,7 @@ web page. Every route goes through ``producer.client.Producer``, like the CLI.""
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from collections.abc import Iterator
@@ -197,12 +198,11 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
             except AccessError as exc:
                 raise HTTPException(403, str(exc)) from None
         job_id = producer.job_id_for(body.inputs, target_queue, body.collection)
-        producer.ingest(
-            expand_inputs(body.inputs),
-            queue=target_queue,
-            job_id=job_id,
-            collection=body.collection,
-        )
+        try:  # expanded first: a bad list file fails the request before any chunk is sent
+            paths = list(expand_inputs(body.inputs))
+        except (OSError, ValueError, csv.Error) as exc:
+            raise HTTPException(422, f"cannot read the inputs: {exc}") from None
+        producer.ingest(paths, queue=target_queue, job_id=job_id, collection=body.collection)
         log.info("job %s: %s -> queue %s", job_id, body.inputs, target_queue)
         return job_out(job_id)
 
