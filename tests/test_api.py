@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 UPLOAD_LIMIT = 2_000_000
 PIXEL_LIMIT = 20_000_000
 TOKEN = "s3cret-token-for-tests"
+API_COLLECTION = f"api_{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -150,6 +152,8 @@ def api_root(tmp_root: Path, photos: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_root: Path, api_root: Path) -> Iterator[Server]:
     env = {
+        # A collection of its own: other test modules count the rows of the session's one.
+        "RIS_COLLECTION": API_COLLECTION,
         "RIS_ALLOWED_ROOTS": str(api_root),
         "RIS_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
         "RIS_API_MAX_UPLOAD_PIXELS": str(PIXEL_LIMIT),
@@ -259,9 +263,11 @@ def test_a_path_outside_the_allowed_roots_is_never_served(
     server: Server, indexed: dict[str, Any], api_root: Path, photos: Path, producer, tmp_path: Path
 ) -> None:
     # An id in the collection whose path lies outside the API's root (the worker may read it).
-    outside = photos / "coffee.png"
-    producer.wait(producer.ingest([str(outside)]), timeout_s=300)
-    assert path_id(str(outside)) in producer.store.resolve([path_id(str(outside))])
+    outside = tmp_path / "coffee.png"
+    shutil.copy(photos / "coffee.png", outside)
+    producer.wait(producer.ingest([str(outside)], collection=API_COLLECTION), timeout_s=300)
+    stored = producer.store_for(API_COLLECTION).resolve([path_id(str(outside))])
+    assert path_id(str(outside)) in stored
     refused = server.call("GET", f"/api/images/{path_id(str(outside))}/thumbnail")
     assert refused.status_code == 403 and "outside the allowed roots" in refused.text
     assert server.call("GET", f"/api/images/{path_id(str(outside))}").status_code == 403

@@ -166,7 +166,9 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         except ImageError as exc:
             raise HTTPException(415, f"not a usable image: {exc}") from None
         try:
-            task_id = producer.submit_query_bytes(name, data, top_k, target_queue, collection)
+            task_id = producer.submit_query_bytes(
+                name, data, top_k, target_queue, collection or settings.collection
+            )
         except QueryError as exc:
             raise HTTPException(413, str(exc)) from None
         log.info("query %s: %s (%d bytes, top %d)", task_id, name, len(data), top_k)
@@ -197,12 +199,14 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
                 check_source(source, settings, loopback)
             except AccessError as exc:
                 raise HTTPException(403, str(exc)) from None
-        job_id = producer.job_id_for(body.inputs, target_queue, body.collection)
+        # Named explicitly: workers fall back to their own RIS_COLLECTION, the API's may differ.
+        collection = body.collection or settings.collection
+        job_id = producer.job_id_for(body.inputs, target_queue, collection)
         try:  # expanded first: a bad list file fails the request before any chunk is sent
             paths = list(expand_inputs(body.inputs))
         except (OSError, ValueError, csv.Error) as exc:
             raise HTTPException(422, f"cannot read the inputs: {exc}") from None
-        producer.ingest(paths, queue=target_queue, job_id=job_id, collection=body.collection)
+        producer.ingest(paths, queue=target_queue, job_id=job_id, collection=collection)
         log.info("job %s: %s -> queue %s", job_id, body.inputs, target_queue)
         return job_out(job_id)
 
