@@ -240,6 +240,30 @@ def test_upload_finds_the_original_first(
     assert response.json()["hits"][0]["path"] == str(original)
 
 
+def test_concurrent_searches_each_get_their_own_answer(
+    server: Server, indexed: dict[str, Any], api_root: Path, tmp_path: Path
+) -> None:
+    """wait=true requests run in the server's thread pool at once; Celery's result backend is
+    per thread, so no answer may reach the wrong request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    originals = sorted((api_root / "photos").iterdir())[:8]
+    queries = [altered_copy(o, tmp_path / f"{o.stem}_q.jpg") for o in originals]
+
+    def ask(query: Path) -> str:
+        response = requests.post(
+            f"{server.url}/api/search?wait=true&top_k=3",
+            files={"file": (query.name, query.read_bytes(), "image/jpeg")},
+            timeout=300,
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["hits"][0]["path"])
+
+    with ThreadPoolExecutor(len(queries)) as pool:
+        firsts = list(pool.map(ask, queries))
+    assert firsts == [str(o) for o in originals]
+
+
 def test_thumbnail_and_full_size_of_an_indexed_id(
     server: Server, indexed: dict[str, Any], api_root: Path
 ) -> None:
