@@ -472,3 +472,18 @@ def test_web_page_indexes_a_folder_and_finds_the_original(
                 assert width == img.width  # full size, not the thumbnail
         finally:
             browser.close()
+
+
+def test_health_reports_an_unreachable_redis(tmp_root: Path) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    server = start_server("127.0.0.1", tmp_root / "api-dead.log", {"RIS_REDIS_URL": dead})
+    try:
+        started = time.monotonic()
+        health = server.call("GET", "/api/health")
+        assert health.status_code == 503, health.text
+        body = health.json()
+        assert body["ok"] is False and body["redis"] is False and body["milvus"] is True
+        assert "redis" in body["errors"] and body["workers"] == 0
+        assert time.monotonic() - started < 30  # answers, does not wait on the dead broker
+    finally:
+        server.stop()
