@@ -1,5 +1,5 @@
-# The project image: workers, producer CLI and Flower. The default model is exported to ONNX at
-# build time, so containers start offline.
+# The project image: workers, producer CLI, Flower and the HTTP API. The default model is
+# exported to ONNX at build time, so containers start offline.
 #   CPU:  docker build -t ris .
 #   GPU:  docker build -t ris-gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 \
 #           --build-arg ONNXRUNTIME=onnxruntime-gpu==1.31.1 .
@@ -21,7 +21,7 @@ COPY pyproject.toml README.md requirements.lock ./
 COPY common common
 COPY workers workers
 COPY producer producer
-RUN pip install -c requirements.lock ".[s3]" \
+RUN pip install -c requirements.lock ".[s3,api]" \
     && if [ "${ONNXRUNTIME}" != onnxruntime ]; then \
          pip uninstall -y onnxruntime && pip install -c requirements.lock "${ONNXRUNTIME}"; \
        fi

@@ -7,7 +7,8 @@ The index holds the embeddings of real photos plus synthetic vectors drawn aroun
 copies of real embeddings, so they cluster as real ones do). Queries are altered copies of
 indexed photos, sent as ``ris search`` sends them: image bytes in a Celery task, embedded and
 searched by a worker, ids resolved to paths against Milvus. The baseline in the same run is
-exact (FLAT) search over the same vectors.
+exact (FLAT) search over the same vectors. The same queries are then sent to ``ris serve`` as
+``POST /api/search?wait=true`` uploads, to show what the HTTP layer adds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +114,57 @@ def end_to_end(producer: Any, queries: list[Path], top_k: int) -> dict[str, Any]
     return {"e2e": total, "search": search, "resolved": hits}
 
 
+@contextmanager
+def api_server() -> Iterator[str]:
+    """``ris serve`` on a free loopback port (the cluster's environment); yields its URL."""
+    import requests
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    log = Path("ris_data/bench/api.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", "serve", "--port", str(port)],
+        env={**os.environ, "RIS_API_HOST": "127.0.0.1"},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/api/config", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"ris serve did not answer within 120 s (log: {log})")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def api_end_to_end(url: str, queries: list[Path], top_k: int, collection: str) -> list[float]:
+    """One ``POST /api/search?wait=true`` upload at a time (ms each, file read included, as
+    ``ris search`` reads it)."""
+    import requests
+
+    session = requests.Session()
+    params = {"wait": "true", "top_k": str(top_k), "collection": collection}
+    total = []
+    for q in queries:
+        started = time.perf_counter()
+        files = {"file": (q.name, q.read_bytes(), "image/jpeg")}
+        response = session.post(f"{url}/api/search", params=params, files=files, timeout=120)
+        response.raise_for_status()
+        assert response.json()["hits"], response.text
+        total.append((time.perf_counter() - started) * 1000)
+    return total
+
+
 def throughput(producer: Any, queries: list[Path], top_k: int) -> float:
     """Queries per second with every query task submitted at once."""
     started = time.perf_counter()
@@ -156,7 +212,7 @@ def main() -> int:
         query_files.append(target)
 
     rows_out = []
-    with LocalCluster() as cluster:
+    with LocalCluster() as cluster, api_server() as api_url:
         from common.settings import get_settings
         from common.store import open_store
         from producer.client import Producer
@@ -183,6 +239,7 @@ def main() -> int:
                 producer = Producer(settings)
                 producer.search([str(query_files[0])], args.top_k)  # warm up
                 e2e = end_to_end(producer, query_files, args.top_k)
+                api = api_end_to_end(api_url, query_files, args.top_k, settings.collection)
                 qps1 = throughput(producer, query_files, args.top_k)
                 cluster.stop_workers()
                 cluster.start_workers(2, RIS_INFERENCE_THREADS="1")
@@ -196,6 +253,8 @@ def main() -> int:
                     "search_p95": _pct(e2e["search"], 95),
                     "e2e_p50": _pct(e2e["e2e"], 50),
                     "e2e_p95": _pct(e2e["e2e"], 95),
+                    "api_p50": _pct(api, 50),
+                    "api_p95": _pct(api, 95),
                     "recall": recall,
                     "qps1": qps1,
                     "qps2": qps2,
@@ -214,13 +273,14 @@ def main() -> int:
     print(f"index under test: {args.index} {args.index_params} search {args.search_params}")
     header = (
         f"{'vectors':>8} {'index':<9} {'search p50/p95 ms':>18} {'e2e p50/p95 ms':>16} "
-        f"{'recall@' + str(args.top_k):>10} {'qps 1w':>7} {'qps 2w':>7}"
+        f"{'api p50/p95 ms':>16} {'recall@' + str(args.top_k):>10} {'qps 1w':>7} {'qps 2w':>7}"
     )
     print(header)
     for r in rows_out:
         print(
             f"{r['size']:>8} {r['index']:<9} {r['search_p50']:>8.1f} / {r['search_p95']:<7.1f}"
-            f"{r['e2e_p50']:>7.1f} / {r['e2e_p95']:<7.1f}{r['recall']:>10.3f}"
+            f"{r['e2e_p50']:>7.1f} / {r['e2e_p95']:<7.1f}"
+            f"{r['api_p50']:>7.1f} / {r['api_p95']:<7.1f}{r['recall']:>10.3f}"
             f"{r['qps1']:>8.1f}{r['qps2']:>8.1f}"
         )
     for size in sizes:
@@ -230,7 +290,8 @@ def main() -> int:
         )
         print(
             f"{size}: {args.index} search p50 is {base['search_p50'] / test['search_p50']:.1f}x "
-            f"faster than FLAT, recall {test['recall']:.3f}"
+            f"faster than FLAT, recall {test['recall']:.3f}; POST /api/search?wait=true p50 "
+            f"{test['api_p50'] - test['e2e_p50']:+.1f} ms vs ris search"
         )
     return 0
 

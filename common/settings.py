@@ -131,6 +131,23 @@ class Settings(BaseSettings):
     top_k: int = 10
     max_query_bytes: int = 32 * 1024 * 1024
 
+    # --- HTTP API (ris serve) ----------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Bearer token for /api/*; required (or the server refuses to start) off loopback.
+    api_token: SecretStr | None = None
+    # Query uploads: larger bodies are refused before they are read whole, larger images
+    # before they are decoded.
+    api_max_upload_bytes: int = 16 * 1024 * 1024
+    api_max_upload_pixels: int = 40_000_000
+    # Origins allowed to call the API from other pages (comma-separated); none = CORS off.
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Longest `POST /api/search?wait=true` waits for its answer.
+    api_wait_timeout_s: float = 60.0
+    api_thumbnail_px: int = 256
+    # The page's link to Flower; empty: this host on RIS_FLOWER_PORT.
+    api_flower_url: str = ""
+
     @field_validator("allowed_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
@@ -139,7 +156,13 @@ class Settings(BaseSettings):
             return [Path(p) for p in value.split(":") if p]
         return value
 
-    @field_validator("queues", "allowed_url_prefixes", mode="before")
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # RIS_API_TOKEN= (e.g. compose's ${API_TOKEN:-}) means no token, not an empty one.
+        return None if value == "" else value
+
+    @field_validator("queues", "allowed_url_prefixes", "api_cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

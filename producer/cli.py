@@ -166,6 +166,14 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from producer.api.serve import run_api
+
+    overrides = {k: v for k, v in (("api_host", args.host), ("api_port", args.port)) if v}
+    run_api(get_settings().model_copy(update=overrides))
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     from common.store import path_id
     from producer.inputs import expand_inputs
@@ -327,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="ris_data/flower.db", help="Flower's persistent state")
     p.set_defaults(func=cmd_flower)
 
+    p = sub.add_parser("serve", help="HTTP API and web page (port 8000; RIS_API_*)")
+    p.add_argument("--host", help="listen address (default RIS_API_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default RIS_API_PORT, 8000)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("delete", help="remove images from the index")
     p.add_argument("paths", nargs="+")
     p.add_argument("--prefix", action="store_true", help="delete every path under each prefix")
@@ -369,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker" and not args.queue:
         args.queue = get_settings().queues[:1]
     logging.basicConfig(
-        level=logging.INFO if args.verbose or args.command == "worker" else logging.WARNING,
+        level=logging.INFO
+        if args.verbose or args.command in ("worker", "serve")
+        else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

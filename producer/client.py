@@ -64,6 +64,10 @@ class Producer:
         """The store of ``collection`` (default: the configured one)."""
         return self._stores.get(collection)
 
+    def reconnect(self) -> None:
+        """Forget the Milvus clients (after an error): the next use connects afresh."""
+        self._stores.forget()
+
     def drop_collection(self, collection: str) -> None:
         """Drop ``collection`` (all its rows) if it exists."""
         drop_collection(self.settings, collection)
@@ -215,14 +219,30 @@ class Producer:
             raise QueryError(f"{image_path}: is a directory, not an image") from None
         except OSError as exc:
             raise QueryError(f"{image_path}: {exc.strerror or exc}") from None
+        return self.submit_query_bytes(os.path.abspath(image_path), data, top_k, queue, collection)
+
+    def submit_query_bytes(
+        self,
+        name: str,
+        data: bytes,
+        top_k: int,
+        queue: str = "cpu",
+        collection: str | None = None,
+    ) -> str:
+        """Send a query image given as bytes (``name`` labels it) and return the task id."""
+        if len(data) > self.settings.max_query_bytes:
+            raise QueryError(
+                f"{name}: {len(data):,} bytes exceeds the query limit of "
+                f"{self.settings.max_query_bytes:,}"
+            )
         task_id = f"q-{hashlib.sha1(data).hexdigest()[:8]}-{os.urandom(4).hex()}"
         self.app.send_task(
             SEARCH_TASK,
-            args=(os.path.abspath(image_path), base64.b64encode(data).decode("ascii"), top_k),
+            args=(name, base64.b64encode(data).decode("ascii"), top_k),
             kwargs={"collection": collection} if collection else {},
             queue=queue,
             task_id=task_id,
-            argsrepr=f"(query={os.path.basename(image_path)!r}, top_k={top_k})",
+            argsrepr=f"(query={os.path.basename(name)!r}, top_k={top_k})",
         )
         return task_id
 
@@ -244,6 +264,22 @@ class Producer:
         except Exception as exc:
             return QueryResult(query or task_id, error=f"search failed: {exc}")
         return self.resolve(payload)
+
+    def query_state(self, task_id: str) -> tuple[str, QueryResult | None]:
+        """A query task's Celery state and, once it ran, its resolved result, without waiting.
+
+        KeyError when the task finished but is not a query (e.g. an ingest chunk's id).
+        """
+        async_result = AsyncResult(task_id, app=self.app)
+        state = str(async_result.state)
+        if state == "SUCCESS":
+            payload = async_result.result
+            if not isinstance(payload, dict) or "query" not in payload:
+                raise KeyError(f"{task_id} is not a query task")
+            return state, self.resolve(payload)
+        if state == "FAILURE":
+            return state, QueryResult(task_id, error=f"search failed: {async_result.result}")
+        return state, None
 
     def resolve(self, payload: dict[str, Any]) -> QueryResult:
         """Turn a query task's ``[id, score]`` pairs into hits with their paths, read from the

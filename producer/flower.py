@@ -9,7 +9,8 @@ from pathlib import Path
 from common.settings import Settings
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """Whether a listening address is reachable from this machine only."""
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -25,7 +26,7 @@ def run_flower(settings: Settings, state_db: Path) -> None:
     from common.celery_app import app
 
     auth = settings.flower_basic_auth
-    if auth is None and not _is_loopback(settings.flower_address):
+    if auth is None and not is_loopback(settings.flower_address):
         raise SystemExit(
             f"refusing to serve Flower on {settings.flower_address} without authentication: "
             "set RIS_FLOWER_BASIC_AUTH=user:password"

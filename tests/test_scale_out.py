@@ -200,7 +200,12 @@ def test_images_are_read_from_s3(
 
 def test_compose_file_describes_the_stack() -> None:
     """`docker compose config` accepts the file, and the resolved stack has what scale-out needs."""
-    env = {**os.environ, "REDIS_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "user:pass"}
+    env = {
+        **os.environ,
+        "REDIS_PASSWORD": "pw",
+        "FLOWER_BASIC_AUTH": "user:pass",
+        "API_TOKEN": "tok",
+    }
     run = functools.partial(
         subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
@@ -227,8 +232,12 @@ def test_compose_file_describes_the_stack() -> None:
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert services["flower"]["environment"]["RIS_FLOWER_BASIC_AUTH"] == "user:pass"
     assert any(v["target"] == "/data" for v in services["flower"]["volumes"])
+    api = services["api"]
+    assert api["command"] == ["serve"] and api["environment"]["RIS_API_TOKEN"] == "tok"
+    assert api["environment"]["RIS_ALLOWED_ROOTS"] == "/images"
 
     # Without the secrets the stack refuses to start, naming what is missing.
-    bare = {k: v for k, v in env.items() if k not in ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
+    secrets = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "API_TOKEN")
+    bare = {k: v for k, v in env.items() if k not in secrets}
     refused = run([*compose_command(), "config", "-q"], env=bare)
     assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr

@@ -38,6 +38,8 @@ class Stack:
             **os.environ,
             "REDIS_PASSWORD": uuid.uuid4().hex,
             "FLOWER_BASIC_AUTH": "watcher:s3cret",
+            "API_TOKEN": uuid.uuid4().hex,
+            "API_PORT": str(free_port()),
             "IMAGES_DIR": str(images),
             "REDIS_PORT": str(free_port()),
             "MILVUS_PORT": str(free_port()),

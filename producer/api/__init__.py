@@ -1,0 +1,1 @@
+"""``ris serve``: the HTTP API and the web page."""
