@@ -19,7 +19,7 @@ from celery.signals import worker_process_init
 from pymilvus.exceptions import MilvusException
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app
-from common.jobs import JobTracker, redis_client
+from common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
 from common.sources import SourceError, read_source
@@ -28,7 +28,8 @@ from common.store import StoreCache, path_id
 log = logging.getLogger(__name__)
 
 # Failures of the vector store or the network are worth retrying; bad input is not.
-RETRYABLE = (MilvusException, OSError)  # OSError covers ConnectionError, TimeoutError
+# OSError covers ConnectionError and TimeoutError; Redis raises its own (progress writes).
+RETRYABLE = (MilvusException, OSError, *CONNECTION_ERRORS)
 _SETTINGS = get_settings()
 
 
