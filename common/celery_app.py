@@ -58,6 +58,10 @@ def make_app(settings: Settings) -> Celery:
             "socket_keepalive_options": keepalive_options(settings),
             "socket_connect_timeout": dead_after,
             "health_check_interval": dead_after,
+            # One reconnect-and-retry per command on a broken connection: an ack that met a
+            # connection broken by a partition would otherwise be lost, and the worker, its
+            # prefetch slot still taken, would never fetch again.
+            "retry_on_timeout": True,
         },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         # A task state or result write on a broken connection reconnects and retries instead
@@ -65,6 +69,7 @@ def make_app(settings: Settings) -> Celery:
         result_backend_always_retry=True,
         result_backend_max_retries=settings.result_backend_max_retries,
         result_backend_max_sleep_between_retries_ms=5000,
+        redis_retry_on_timeout=True,
         redis_socket_keepalive=True,
         redis_socket_connect_timeout=dead_after,
         redis_backend_health_check_interval=dead_after,

@@ -40,14 +40,32 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _nft(ns: str, ruleset: str) -> None:
-    subprocess.run(
+    done = subprocess.run(
         ["ip", "netns", "exec", ns, "nft", "-f", "-"],
         input=ruleset,
         capture_output=True,
         text=True,
         timeout=30,
-        check=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"nft in {ns}: {done.stderr.strip()}\n{ruleset}")
+
+
+# The NFQUEUE rule of an impaired host: iptables' NFQUEUE target (xt_NFQUEUE), which works
+# where nftables' own queue expression (nft_queue) is not built; bypass: packets pass
+# undelayed if no reader is bound, never a silent cut.
+_QUEUE_RULE = ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-bypass", "--queue-num"]
+
+
+def _iptables(ns: str, *args: str) -> None:
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, "iptables", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"iptables {' '.join(args)} in {ns}: {done.stderr.strip()}")
 
 
 def probe() -> str | None:
@@ -62,8 +80,8 @@ def probe() -> str | None:
             return f"cannot create a network namespace: {made.stderr.strip()}"
         try:
             _nft(name, "table inet probe { }\n")
-        except subprocess.CalledProcessError as exc:
-            return f"nftables does not work in a namespace: {exc.stderr.strip()}"
+        except RuntimeError as exc:
+            return f"nftables does not work in a namespace: {exc}"
     finally:
         _ip("netns", "del", name, check=False)
     return None
@@ -71,6 +89,8 @@ def probe() -> str | None:
 
 def nfqueue_unavailable() -> str | None:
     """Why packets cannot be delayed here (tests/nfqdelay.py), or None when they can."""
+    if shutil.which("iptables") is None:
+        return "delay needs iptables' NFQUEUE target (apt-get install iptables)"
     try:
         import netfilterqueue  # noqa: F401
     except ImportError as exc:
@@ -226,18 +246,11 @@ class Hosts:
             proc.kill()
             raise RuntimeError(f"nfqdelay did not start (exit {proc.wait(10)})")
         self._impairers[host] = proc
-        # bypass: packets pass undelayed if the queue has no reader (never a silent cut).
-        _nft(
-            self.ns(host),
-            "table inet ris_slow {\n"
-            "  chain o { type filter hook output priority 0; policy accept;\n"
-            f'    oifname "eth0" queue num {_NFQUEUE} bypass\n  }}\n'
-            "}\n",
-        )
+        _iptables(self.ns(host), "-A", *_QUEUE_RULE, str(_NFQUEUE))
 
     def unimpair(self, host: str) -> None:
         """Undo :meth:`impair`."""
-        _nft(self.ns(host), "delete table inet ris_slow\n")
+        _iptables(self.ns(host), "-D", *_QUEUE_RULE, str(_NFQUEUE))
         proc = self._impairers.pop(host)
         proc.terminate()
         proc.wait(10)
