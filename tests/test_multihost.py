@@ -119,7 +119,10 @@ class Cluster:
     def active(self, host: str) -> list[str]:
         """Ids of the tasks ``host``'s worker is running now."""
         with self.hosts.inside("prod"):
-            replies = self.app.control.inspect(timeout=1.0).active() or {}
+            try:
+                replies = self.app.control.inspect(timeout=1.0).active() or {}
+            except Exception:  # a connection broken by an earlier fault: ask again
+                return []
         return [t["id"] for name, ts in replies.items() if name.startswith(f"{host}@") for t in ts]
 
     # --- jobs ------------------------------------------------------------------------------
