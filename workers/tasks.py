@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import grpc
 from celery import Task
 from celery.signals import worker_process_init
 from pymilvus.exceptions import MilvusException
@@ -28,8 +29,9 @@ from common.store import StoreCache, path_id
 log = logging.getLogger(__name__)
 
 # Failures of the vector store or the network are worth retrying; bad input is not.
-# OSError covers ConnectionError and TimeoutError; Redis raises its own (progress writes).
-RETRYABLE = (MilvusException, OSError, *CONNECTION_ERRORS)
+# OSError covers ConnectionError and TimeoutError; Redis raises its own (progress writes);
+# pymilvus lets a transport failure (a deadline passed on a cut link) out as grpc.RpcError.
+RETRYABLE = (MilvusException, grpc.RpcError, OSError, *CONNECTION_ERRORS)
 _SETTINGS = get_settings()
 
 
