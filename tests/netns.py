@@ -104,13 +104,12 @@ def nfqueue_unavailable() -> str | None:
 class Hosts:
     """A set of simulated hosts on one private segment."""
 
-    def __init__(self, workdir: Path, subnet: str = "10.78.0") -> None:
+    def __init__(self, subnet: str = "10.78.0") -> None:
         reason = probe()
         if reason:
             raise NamespacesUnavailable(reason)
         self.prefix = f"ris{uuid.uuid4().hex[:6]}"
         self.subnet = subnet
-        self.workdir = workdir
         self.addresses: dict[str, str] = {}
         self._names: list[str] = []  # namespaces made, in order
         self._impairers: dict[str, subprocess.Popen[bytes]] = {}
@@ -118,10 +117,14 @@ class Hosts:
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._names.append(self.switch)  # the bridge's namespace first: deleted last
-        _ip("netns", "add", self.switch)
-        _ip("-n", self.switch, "link", "set", "lo", "up")
-        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "br0", "up")
+        try:
+            _ip("netns", "add", self.switch)
+            _ip("-n", self.switch, "link", "set", "lo", "up")
+            _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.switch, "link", "set", "br0", "up")
+        except BaseException:
+            self.close()
+            raise
 
     # --- topology --------------------------------------------------------------------------
     @property

@@ -223,7 +223,7 @@ def cluster(tmp_root: Path) -> Iterator[Cluster]:
     root = tmp_root / "multihost"
     root.mkdir()
     try:
-        hosts = Hosts(root)
+        hosts = Hosts()
     except NamespacesUnavailable as exc:
         pytest.skip(f"simulated hosts unavailable: {exc}")
     try:
