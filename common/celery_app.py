@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from kombu import Queue
 
+from common.jobs import keepalive_options
 from common.settings import Settings, get_settings
 
 INGEST_TASK = "ris.ingest_chunk"
 SEARCH_TASK = "ris.search"
 
 
+class KeepaliveRedisBackend(RedisBackend):
+    """Celery's Redis result backend with the broker's TCP keepalive options, which Celery
+    has no setting for: a dead result connection is noticed in seconds, not minutes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        opts = self.app.conf.broker_transport_options.get("socket_keepalive_options")
+        if opts and "socket_keepalive" in self.connparams:
+            self.connparams["socket_keepalive_options"] = opts
+
+
 def make_app(settings: Settings) -> Celery:
     """Build the Celery app for ``settings``."""
     url = settings.redis_url.get_secret_value()
-    app = Celery("ris", broker=url, backend=url, include=["workers.tasks"])
+    backend = f"{__name__}:{KeepaliveRedisBackend.__name__}+{url}"
+    app = Celery("ris", broker=url, backend=backend, include=["workers.tasks"])
+    dead_after = settings.redis_dead_after_s
     app.conf.update(
         # JSON only: a pickled message is rejected, never executed.
         task_serializer="json",
@@ -35,8 +52,27 @@ def make_app(settings: Settings) -> Celery:
             # kombu scans for messages of dead workers on every 10th tick of this interval;
             # keep the scan period well under the visibility timeout (10 s ticks by default).
             "unacked_restore_interval": min(10, max(1, settings.visibility_timeout_s // 100)),
+            # A connection cut off by a partition is dropped within seconds (keepalive, user
+            # timeout, kombu's BRPOP check), so a healed worker reconnects at once.
+            "socket_keepalive": True,
+            "socket_keepalive_options": keepalive_options(settings),
+            "socket_connect_timeout": dead_after,
+            "health_check_interval": dead_after,
+            # One reconnect-and-retry per command on a broken connection: an ack that met a
+            # connection broken by a partition would otherwise be lost, and the worker, its
+            # prefetch slot still taken, would never fetch again.
+            "retry_on_timeout": True,
         },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # A task state or result write on a broken connection reconnects and retries instead
+        # of failing the task outside its body (which would lose the chunk).
+        result_backend_always_retry=True,
+        result_backend_max_retries=settings.result_backend_max_retries,
+        result_backend_max_sleep_between_retries_ms=5000,
+        redis_retry_on_timeout=True,
+        redis_socket_keepalive=True,
+        redis_socket_connect_timeout=dead_after,
+        redis_backend_health_check_interval=dead_after,
         broker_connection_retry_on_startup=True,
         # Publishing rides out a broker restart of about half a minute.
         task_publish_retry_policy={

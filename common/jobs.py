@@ -6,6 +6,7 @@ worker crash marks the same paths again and the totals stay exact.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 
@@ -17,16 +18,72 @@ from common.settings import Settings
 
 _PREFIX = "ris:job:"
 
+# A broken or dead connection to Redis: worth retrying wherever it happens (redis-py raises
+# its own ConnectionError, not the builtin one).
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def keepalive_options(settings: Settings) -> dict[int, int]:
+    """TCP options (level IPPROTO_TCP) that make a dead connection fail within about
+    ``2 * redis_dead_after_s``: keepalive probes while idle, and TCP_USER_TIMEOUT while sent
+    data goes unacknowledged (a partition mid-command), instead of TCP's minutes."""
+    n = settings.redis_dead_after_s
+    opts = {"TCP_KEEPIDLE": n, "TCP_KEEPINTVL": max(1, n // 2), "TCP_KEEPCNT": 2}
+    opts["TCP_USER_TIMEOUT"] = 2 * n * 1000  # milliseconds
+    return {getattr(socket, k): v for k, v in opts.items() if hasattr(socket, k)}
+
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client that rides out a restart: retries with backoff for about a minute."""
+    """A Redis client that rides out a restart or a partition: notices a dead connection
+    within seconds and retries with backoff for about a minute."""
     return redis.Redis.from_url(
         settings.redis_url.get_secret_value(),
         retry=Retry(ExponentialBackoff(cap=5.0, base=0.2), retries=20),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        socket_connect_timeout=5,
-        health_check_interval=30,
+        socket_connect_timeout=settings.redis_dead_after_s,
+        socket_keepalive=True,
+        socket_keepalive_options=keepalive_options(settings),
+        health_check_interval=settings.redis_dead_after_s,
     )
+
+
+# Records a chunk's outcomes atomically, one outcome per path: indexed beats unchanged beats
+# failed. A redelivered chunk (a worker cut off, then back) may report late that a path it
+# did not write is "unchanged", or "failed" when its own writes broke; neither may undo
+# another delivery's "indexed", so indexed + unchanged + failed stays equal to the total.
+# KEYS: indexed set, unchanged set, failed hash. ARGV: ttl, #indexed, #unchanged, the indexed
+# paths, the unchanged paths, then (path, reason) pairs of the failed ones.
+_MARK = """
+local ttl, ni, nu = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
+for _ = 1, ni do
+  redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('SREM', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[3], ARGV[i])
+  i = i + 1
+end
+for _ = 1, nu do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 0 then
+    redis.call('SADD', KEYS[2], ARGV[i])
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+  i = i + 1
+end
+while i < #ARGV do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 0
+      and redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ttl) end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -61,6 +118,7 @@ class JobTracker:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.r = client
         self.ttl_s = ttl_s
+        self._mark = client.register_script(_MARK)
 
     @staticmethod
     def _keys(job_id: str) -> tuple[str, str, str, str]:
@@ -101,20 +159,16 @@ class JobTracker:
     def mark(
         self, job_id: str, indexed: list[str], unchanged: list[str], failed: dict[str, str]
     ) -> None:
-        """Record the outcome of paths of a chunk; marking twice counts once."""
+        """Record the outcome of paths of a chunk; marking twice counts once, and a path
+        another delivery indexed stays indexed (see ``_MARK``)."""
+        if not (indexed or unchanged or failed):
+            return
         _, k_idx, k_unch, k_fail = self._keys(job_id)
-        pipe = self.r.pipeline()
-        if indexed:
-            pipe.sadd(k_idx, *indexed)
-            pipe.hdel(k_fail, *indexed)  # a retry that succeeded clears the earlier failure
-        if unchanged:
-            pipe.sadd(k_unch, *unchanged)
-            pipe.hdel(k_fail, *unchanged)
-        if failed:
-            pipe.hset(k_fail, mapping=failed)
-        for key in (k_idx, k_unch, k_fail):
-            pipe.expire(key, self.ttl_s)
-        pipe.execute()
+        pairs = [item for path_reason in failed.items() for item in path_reason]
+        self._mark(
+            keys=[k_idx, k_unch, k_fail],
+            args=[self.ttl_s, len(indexed), len(unchanged), *indexed, *unchanged, *pairs],
+        )
 
     def unprocessed(self, job_id: str, paths: list[str]) -> list[str]:
         """The paths of ``paths`` that no worker has reported for the job yet."""

@@ -39,9 +39,9 @@ def _port_open(address: str) -> bool:
         return False
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -68,8 +68,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def ensure_lite_server(db_path: str | Path) -> str:
-    """Return the ``http://`` URI of the server for ``db_path``, starting one if none runs."""
+def ensure_lite_server(db_path: str | Path, bind_address: str | None = None) -> str:
+    """Return the ``http://`` URI of the server for ``db_path``, starting one if none runs
+    on ``bind_address`` (default ``RIS_LITE_BIND_ADDRESS``)."""
+    from common.settings import get_settings
+
+    host = bind_address or get_settings().lite_bind_address
     db = Path(db_path).expanduser().absolute()
     db.parent.mkdir(parents=True, exist_ok=True)
     address = _running_address(db)
@@ -82,7 +86,7 @@ def ensure_lite_server(db_path: str | Path) -> str:
         address = _running_address(db)
         if address:
             return f"http://{address}"
-        address = f"127.0.0.1:{_free_port()}"
+        address = f"{host}:{_free_port(host)}"
         log_file = db.with_name(f".{db.name}.server.log")
         with open(log_file, "ab") as out:
             proc = subprocess.Popen(

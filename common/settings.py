@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # still exist (queued, or held by a worker) and sends again those that do not: kombu's Redis
     # transport can lose a message taken by a worker just as Redis goes down.
     stall_check_s: float = 60.0
+    # A Redis connection that died without a word (a partition, a host gone) is noticed
+    # within about twice this many seconds (TCP keepalive, TCP_USER_TIMEOUT), and an idle one
+    # is checked with a PING before use after this long (health checks).
+    redis_dead_after_s: int = 5
+    # Result-backend writes (task states and results) that hit a broken connection are
+    # retried this often, with exponential backoff capped at 5 s, before the task fails.
+    result_backend_max_retries: int = 30
     # Results and job progress expire after this long.
     result_ttl_s: int = 7 * 24 * 3600
     # Queues a worker may consume and a producer may send to. Queues named "gpu..." are for
@@ -73,6 +80,9 @@ class Settings(BaseSettings):
         "or http(s)://host:19530 for Milvus standalone/cluster.",
     )
     milvus_token: SecretStr | None = None
+    # The address an embedded Milvus Lite server listens on: loopback by default; a private
+    # address (e.g. 10.0.0.5) serves one file to workers on other machines.
+    lite_bind_address: str = "127.0.0.1"
     collection: str = "images"
     metric: Metric = "IP"
     # IVF_FLAT: 1.5 ms searches at 100k vectors with recall@10 1.0, where FLAT takes 20 ms

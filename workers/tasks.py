@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import grpc
 from celery import Task
 from celery.signals import worker_process_init
 from pymilvus.exceptions import MilvusException
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app
-from common.jobs import JobTracker, redis_client
+from common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
 from common.store import StoreCache, path_id
@@ -26,7 +27,9 @@ from common.store import StoreCache, path_id
 log = logging.getLogger(__name__)
 
 # Failures of the vector store or the network are worth retrying; bad input is not.
-RETRYABLE = (MilvusException, OSError)  # OSError covers ConnectionError, TimeoutError
+# OSError covers ConnectionError and TimeoutError; Redis raises its own (progress writes);
+# pymilvus lets a transport failure (a deadline passed on a cut link) out as grpc.RpcError.
+RETRYABLE = (MilvusException, grpc.RpcError, OSError, *CONNECTION_ERRORS)
 _SETTINGS = get_settings()
 
 
