@@ -31,12 +31,12 @@ def model_ceiling(paths: list[Path], batch_sizes: tuple[int, ...]) -> tuple[floa
     """Figure 1: images/s of read + decode + preprocess + forward, sequentially, per batch size;
     returns the best and its batch size."""
     from common.images import decode
-    from common.models import get_embedder, get_spec
+    from common.models import Embedder, get_spec
     from common.settings import get_settings
 
     settings = get_settings()
     spec = get_spec(settings.model)
-    embedder = get_embedder(settings)
+    embedder = Embedder(settings)
     embedder.embed(np.zeros((2, spec.input_size, spec.input_size, 3), np.uint8))  # warm up
     best = (0.0, 0)
     for bs in batch_sizes:

@@ -46,6 +46,11 @@ class _Slots:
     def __init__(self, count: int, shape: tuple[int, int, int]) -> None:
         self.shape = shape
         self.nbytes = int(np.prod(shape))
+        # A block larger than /dev/shm's free space would be created (sparse) and then kill us
+        # with SIGBUS when written: Docker gives containers 64 MiB unless told otherwise.
+        shm_dir = os.statvfs("/dev/shm")
+        if shm_dir.f_bavail * shm_dir.f_frsize < count * self.nbytes:
+            raise OSError(f"/dev/shm has less than {count * self.nbytes >> 20} MiB free")
         self.shm = SharedMemory(create=True, size=count * self.nbytes)
         atexit.register(self.close)  # a replaced pool's block too: threads may still read it
         self.array = np.ndarray((count, *shape), np.uint8, self.shm.buf)

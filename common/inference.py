@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.models import Embedder, get_embedder
+from common.models import Embedder, model_key
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class InferenceEngine:
 
     def _serve(self, settings: Settings, loaded: Future[Embedder]) -> None:
         try:
-            embedder = get_embedder(settings)
+            embedder = Embedder(settings)
         except BaseException as exc:
             loaded.set_exception(exc)
             return
@@ -134,15 +134,7 @@ _ENGINES_LOCK = threading.Lock()
 
 def get_engine(settings: Settings) -> InferenceEngine:
     """The process-wide engine for these settings: one model, one thread per process."""
-    key = (
-        settings.model,
-        settings.runtime,
-        settings.device,
-        settings.fp16,
-        str(settings.model_cache_dir),
-        settings.inference_threads,
-        settings.batch_size,
-    )
+    key = (*model_key(settings), settings.batch_size, settings.batch_wait_ms)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             _ENGINES[key] = InferenceEngine(settings)

@@ -293,13 +293,9 @@ class Embedder:
         return (feats / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-_EMBEDDERS: dict[tuple[object, ...], Embedder] = {}
-_EMBEDDERS_LOCK = threading.Lock()
-
-
-def get_embedder(settings: Settings) -> Embedder:
-    """The process-wide Embedder for these settings: the model is loaded once per process."""
-    key = (
+def model_key(settings: Settings) -> tuple[object, ...]:
+    """What identifies a loaded model: processes keep one per key."""
+    return (
         settings.model,
         settings.runtime,
         settings.device,
@@ -307,10 +303,6 @@ def get_embedder(settings: Settings) -> Embedder:
         str(settings.model_cache_dir),
         settings.inference_threads,
     )
-    with _EMBEDDERS_LOCK:
-        if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = Embedder(settings)
-        return _EMBEDDERS[key]
 
 
 def require_cuda(settings: Settings) -> None:

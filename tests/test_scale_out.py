@@ -230,6 +230,8 @@ def test_compose_file_describes_the_stack() -> None:
     assert gpu["profiles"] == ["gpu"] and gpu["environment"]["RIS_DEVICE"] == "cuda"
     assert gpu["command"][:3] == ["worker", "--queue", "gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    # Decoded images reach the GPU worker through shared memory: Docker's 64 MiB is too small.
+    assert int(gpu["shm_size"]) >= 512 * 2**20
     assert services["flower"]["environment"]["RIS_FLOWER_BASIC_AUTH"] == "user:pass"
     assert any(v["target"] == "/data" for v in services["flower"]["volumes"])
     api = services["api"]
