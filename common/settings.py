@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Metric = Literal["IP", "COSINE", "L2"]
 IndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
+# Milvus refuses a search limit above this.
+MAX_TOP_K = 16384
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
 # (build, search) parameters per index type where RIS_INDEX_PARAMS / RIS_SEARCH_PARAMS are unset.
 INDEX_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -59,6 +61,11 @@ class Settings(BaseSettings):
         "or http(s)://host:19530 for Milvus standalone/cluster.",
     )
     milvus_token: SecretStr | None = None
+    # Seconds one Milvus call may take, pymilvus's own retries included (they would otherwise
+    # go on for minutes against a dead server, without a log line).
+    milvus_timeout_s: int = Field(30, ge=1)
+    # Where the Milvus Lite servers this user started are listed (`ris lite list`).
+    lite_registry_dir: Path = Path.home() / ".cache" / "ris" / "lite-servers"
     collection: str = "images"
     metric: Metric = "IP"
     # IVF_FLAT: 1.5 ms searches at 100k vectors with recall@10 1.0, where FLAT takes 20 ms
@@ -101,7 +108,7 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
 
     # --- queries ---------------------------------------------------------------------------
-    top_k: int = 10
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     max_query_bytes: int = 32 * 1024 * 1024
 
     @field_validator("allowed_roots", mode="before")
