@@ -23,7 +23,7 @@ from common.jobs import JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
 from common.sources import SourceError, read_source
-from common.store import StoreCache, path_id
+from common.store import StoreCache, StoreError, foreign_store, path_id
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,13 @@ class IngestTask(Task):
             log.exception("could not record the failure of job %s", job_id)
 
 
+def _refuse_chunk(ctx: WorkerContext, job_id: str, paths: list[str], reason: str) -> dict[str, Any]:
+    """Report every path of a chunk meant for another store as failed, with the reason."""
+    log.error("job %s: refused a chunk of %d paths: %s", job_id, len(paths), reason)
+    ctx.tracker.mark(job_id, [], [], dict.fromkeys(paths, reason))
+    return {"job_id": job_id, "indexed": 0, "unchanged": 0, "failed": len(paths)}
+
+
 def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     params = dict(zip(("job_id", "paths"), args or (), strict=False)) | dict(kwargs or {})
     return str(params.get("job_id")), list(params.get("paths") or [])
@@ -91,11 +98,18 @@ def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     max_retries=_SETTINGS.task_max_retries,
 )
 def ingest_chunk(
-    self: Task, job_id: str, paths: list[str], collection: str | None = None
+    self: Task,
+    job_id: str,
+    paths: list[str],
+    collection: str | None = None,
+    milvus: str | None = None,
 ) -> dict[str, Any]:
-    """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one);
-    record each path's outcome in the job's progress."""
+    """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one) of
+    the Milvus named by ``milvus`` (a store identity; another one is refused); record each
+    path's outcome in the job's progress."""
     ctx = context()
+    if refused := foreign_store(milvus, ctx.settings):
+        return _refuse_chunk(ctx, job_id, paths, refused)
     started = time.perf_counter()
     failed: dict[str, str] = {}
     payload: dict[str, tuple[bytes, str]] = {}
@@ -169,17 +183,28 @@ def ingest_chunk(
     retry_backoff=1,
     max_retries=3,
 )
-def search(name: str, image_b64: str, top_k: int, collection: str | None = None) -> dict[str, Any]:
-    """Embed one query image and return the ids and scores of its nearest indexed images."""
+def search(
+    name: str,
+    image_b64: str,
+    top_k: int,
+    collection: str | None = None,
+    milvus: str | None = None,
+) -> dict[str, Any]:
+    """Embed one query image and return the ids and scores of its nearest indexed images
+    (``milvus``: the store identity the query is for; another one is refused)."""
     ctx = context()
+    if refused := foreign_store(milvus, ctx.settings):
+        return {"query": name, "error": refused.replace("not indexed", "not searched")}
     started = time.perf_counter()
     result = ctx.pipeline([(name, base64.b64decode(image_b64))])[0]
     if result.error is not None:
         return {"query": name, "error": result.error}
     embedded = time.perf_counter()
     try:
-        store = ctx.stores.get(collection)
+        store = ctx.stores.get(collection, create=False)  # a search never creates one
         hits = store.search(result.vector, top_k)[0]
+    except StoreError as exc:
+        return {"query": name, "error": str(exc)}
     except RETRYABLE:
         ctx.stores.forget()
         raise
