@@ -249,12 +249,12 @@ def test_lite_servers_are_listed_and_stopped(lite_db: Path) -> None:
 
 
 # --- 12: clear errors -------------------------------------------------------------------------
-@pytest.mark.parametrize("top_k", ["0", "-1", "16385", "ten"])
+@pytest.mark.parametrize("top_k", ["0", "-1", "16385"])
 def test_top_k_out_of_range_is_refused_at_the_cli(tmp_path: Path, top_k: str) -> None:
     (query,) = _images(tmp_path, ["q.jpg"])
     proc = run_cli("search", str(query), "--top-k", top_k, check=False, timeout=60)
     assert proc.returncode == 2, proc.stdout
-    assert "--top-k" in proc.stderr and ("1 to 16384" in proc.stderr or "integer" in proc.stderr)
+    assert "--top-k" in proc.stderr and "out of range: 1 to 16384" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
