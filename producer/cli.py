@@ -143,7 +143,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     producer = _producer()
     top_k = args.top_k or get_settings().top_k
-    producer.store_for(args.collection)  # an unknown collection is an error, never created
     if args.no_wait:
         for path in args.images:
             try:

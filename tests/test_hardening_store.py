@@ -155,8 +155,10 @@ def test_producer_collection_is_the_one_written(tmp_path: Path) -> None:
 def test_search_and_info_never_create_a_collection(tmp_path: Path, producer) -> None:
     (query,) = _images(tmp_path, ["q.jpg"])
     typo = f"typo_{uuid.uuid4().hex[:6]}"
-    line = _error_line(run_cli("search", str(query), "--collection", typo, check=False))
-    assert f"collection {typo!r} does not exist" in line
+    # The worker refuses the query (never creating the collection): that query's error.
+    proc = run_cli("search", str(query), "--collection", typo, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: search failed: collection {typo!r} does not exist" in proc.stdout, proc.stdout
     line = _error_line(run_cli("info", check=False, env={"RIS_COLLECTION": typo}))
     assert "does not exist" in line
     assert typo not in producer.store.client.list_collections()

@@ -23,7 +23,7 @@ from common.jobs import JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
 from common.sources import SourceError, read_source
-from common.store import StoreCache, StoreError, foreign_store, path_id
+from common.store import StoreCache, foreign_store, path_id
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,6 @@ def search(
     try:
         store = ctx.stores.get(collection, create=False)  # a search never creates one
         hits = store.search(result.vector, top_k)[0]
-    except StoreError as exc:
-        return {"query": name, "error": str(exc)}
     except RETRYABLE:
         ctx.stores.forget()
         raise
