@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     )
     milvus_token: SecretStr | None = None
     # Seconds one Milvus call may take, pymilvus's own retries included (they would otherwise
-    # go on for minutes against a dead server, without a log line).
-    milvus_timeout_s: int = Field(30, ge=1)
+    # go on for minutes against a dead server, without a log line). Keep it well below
+    # visibility_timeout_s, or a chunk waiting on Milvus is redelivered meanwhile.
+    milvus_timeout_s: int = Field(10, ge=1)
     # Where the Milvus Lite servers this user started are listed (`ris lite list`).
     lite_registry_dir: Path = Path.home() / ".cache" / "ris" / "lite-servers"
     collection: str = "images"

@@ -335,7 +335,7 @@ class BoundedClient:
         token = self.settings.milvus_token.get_secret_value() if self.settings.milvus_token else ""
         uri = milvus_uri(self.settings, self._create)
         try:
-            return MilvusClient(uri=uri, token=token, timeout=self.settings.milvus_timeout_s)
+            return MilvusClient(uri=uri, token=token)  # pymilvus waits 10 s to connect
         except MilvusException as exc:
             log.warning("Milvus at %s unreachable: %s", self.settings.milvus_uri, exc)
             raise
