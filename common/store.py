@@ -244,14 +244,23 @@ class ImageStore:
         # LIKE narrows the scan to the literal part before any special character; Python
         # decides exactly (Milvus LIKE cannot escape % and _).
         cut = min([stem.find(c) for c in _LIKE_SPECIAL if c in stem] or [len(stem)])
-        rows = self.client.query(
-            self.name, filter=f'path like "{stem[:cut]}%"', output_fields=["id", "path"]
+        found: dict[int, str] = {}
+        # An iterator: a plain query returns at most 16,384 rows.
+        rows = self.client.query_iterator(
+            self.name,
+            batch_size=_IN_BATCH,
+            filter=f'path like "{stem[:cut]}%"',
+            output_fields=["id", "path"],
+            timeout=self.settings.milvus_timeout_s,
         )
-        return {
-            int(r["id"]): str(r["path"])
-            for r in rows
-            if r["path"] == exact or str(r["path"]).startswith(folder)
-        }
+        try:
+            while batch := rows.next():
+                for r in batch:
+                    if r["path"] == exact or str(r["path"]).startswith(folder):
+                        found[int(r["id"])] = str(r["path"])
+        finally:
+            rows.close()
+        return found
 
     def flush(self) -> None:
         """Seal growing segments: searches over flushed data are much faster."""
