@@ -33,9 +33,12 @@ _IN_BATCH = 1000
 # Milvus LIKE has no escape for its wildcards: a prefix is matched up to its first one, and the
 # rows found are then filtered exactly.
 _LIKE_SPECIAL = ("%", "_", "\\", '"')
-# Calls that may legitimately take long (index builds, sealing segments) get this many times
-# the per-call timeout.
-_SLOW_CALLS = frozenset({"create_index", "flush", "load_collection", "drop_collection"})
+# Calls that may legitimately take long (index builds, sealing segments, big writes on a busy
+# server) get ten times the per-call timeout; a dead server is still noticed fast, by the
+# reads that come first in every task.
+_SLOW_CALLS = frozenset(
+    {"create_index", "flush", "load_collection", "drop_collection", "insert", "upsert", "delete"}
+)
 _RPC_CALLS = frozenset(
     {
         "has_collection",

@@ -127,6 +127,28 @@ def test_delete_prefix_is_a_folder_with_plain_wildcards_and_counts_real_rows(
     assert "deleted 0 row(s)" in run_cli("delete", str(root / "a2/1.jpg")).stdout
 
 
+def test_delete_prefix_removes_more_rows_than_one_query_returns(lite_db: Path) -> None:
+    """On the store (4-dim vectors: 20,000 model-sized rows take minutes to write here)."""
+    from common.store import ImageStore
+
+    settings = get_settings().model_copy(
+        update={"milvus_uri": str(lite_db), "collection": "many", "index_type": "FLAT"}
+    )
+    store = ImageStore(settings, "tiny", 4)
+    paths = [f"/big/{i}.jpg" for i in range(20_000)] + [f"/bigger/{i}.jpg" for i in range(3)]
+    rows = [
+        {"id": path_id(p), "vector": [1.0, 0, 0, 0], "path": p, "sha256": "0" * 64}
+        | {"width": 1, "height": 1, "ingested_at": 0}
+        for p in paths
+    ]
+    for start in range(0, len(rows), 5000):
+        store.upsert(rows[start : start + 5000])
+    # A plain Milvus query stops at 16,384 rows: the prefix scan must not.
+    assert store.delete_prefix("/big") == 20_000
+    assert store.count() == 3
+    store.close()
+
+
 # --- 3: a task names its store --------------------------------------------------------------
 @pytest.mark.usefixtures("worker")
 def test_worker_refuses_a_task_for_another_milvus(tmp_path: Path, producer) -> None:
