@@ -80,6 +80,8 @@ def _free_port() -> int:
 def _port_free(address: str) -> bool:
     host, port = address.rsplit(":", 1)
     with socket.socket() as s:
+        # As the engine binds (gRPC reuses addresses): a closed port in TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, int(port)))
         except OSError:

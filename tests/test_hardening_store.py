@@ -243,6 +243,8 @@ def test_killed_engine_is_logged_restarted_and_the_job_finishes(
         _images(tmp_path / "a", ["1.jpg", "2.jpg"])
         _images(tmp_path / "b", ["3.jpg", "4.jpg"])
         assert "2 indexed" in _ingest(str(tmp_path / "a"), "--queue", "hard5", env=env)
+        state = lite_db.with_name(f".{lite_db.name}.server.json")
+        address = json.loads(state.read_text())["address"]
         (engine,) = _engines(lite_db)
         os.kill(engine, signal.SIGKILL)
         started = time.monotonic()
@@ -253,6 +255,7 @@ def test_killed_engine_is_logged_restarted_and_the_job_finishes(
         text = log.read_text(errors="replace")
         assert "Milvus Lite engine for" in text and "starting it again" in text, text[-3000:]
         assert len(_engines(lite_db)) == 1
+        assert json.loads(state.read_text())["address"] == address  # same port: clients return
         assert json.loads(run_cli("info", env=env).stdout)["rows"] == 4
     finally:
         stop_worker(worker)
