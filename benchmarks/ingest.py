@@ -126,7 +126,7 @@ def product_run(
     cluster.new_collection()
     cluster.start_workers(processes, queue=queue, **extra)
     producer = Producer(get_settings())
-    producer.store.count()  # the collection exists before the clock starts
+    producer.store_for(None, create=True).count()  # the collection exists before the clock starts
     samples: list[tuple[int, float]] = []
     stop = threading.Event()
 

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Metric = Literal["IP", "COSINE", "L2"]
 IndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
+# Milvus refuses a search limit above this.
+MAX_TOP_K = 16384
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
 # (build, search) parameters per index type where RIS_INDEX_PARAMS / RIS_SEARCH_PARAMS are unset.
 INDEX_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -83,6 +85,12 @@ class Settings(BaseSettings):
     # The address an embedded Milvus Lite server listens on: loopback by default; a private
     # address (e.g. 10.0.0.5) serves one file to workers on other machines.
     lite_bind_address: str = "127.0.0.1"
+    # Seconds one Milvus call may take, pymilvus's own retries included (they would otherwise
+    # go on for minutes against a dead server, without a log line). Keep it well below
+    # visibility_timeout_s, or a chunk waiting on Milvus is redelivered meanwhile.
+    milvus_timeout_s: int = Field(10, ge=1)
+    # Where the Milvus Lite servers this user started are listed (`ris lite list`).
+    lite_registry_dir: Path = Path.home() / ".cache" / "ris" / "lite-servers"
     collection: str = "images"
     metric: Metric = "IP"
     # IVF_FLAT: 1.5 ms searches at 100k vectors with recall@10 1.0, where FLAT takes 20 ms
@@ -138,7 +146,7 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None
 
     # --- queries ---------------------------------------------------------------------------
-    top_k: int = 10
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     max_query_bytes: int = 32 * 1024 * 1024
 
     # --- HTTP API (ris serve) ----------------------------------------------------------------

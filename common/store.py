@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
 
 from common.settings import Settings
 
@@ -26,10 +30,40 @@ MAX_PATH_LENGTH = 4096
 SCALAR_FIELDS = ("path", "sha256", "width", "height", "ingested_at")
 # Milvus caps expression sizes; resolve and look-ups go in slices of this many ids.
 _IN_BATCH = 1000
+# Milvus LIKE has no escape for its wildcards: a prefix is matched up to its first one, and the
+# rows found are then filtered exactly.
+_LIKE_SPECIAL = ("%", "_", "\\", '"')
+# Calls that may legitimately take long (index builds, sealing segments, big writes on a busy
+# server) get ten times the per-call timeout; a dead server is still noticed fast, by the
+# reads that come first in every task.
+_SLOW_CALLS = frozenset(
+    {"create_index", "flush", "load_collection", "drop_collection", "insert", "upsert", "delete"}
+)
+_RPC_CALLS = frozenset(
+    {
+        "has_collection",
+        "create_collection",
+        "list_collections",
+        "list_indexes",
+        "describe_collection",
+        "describe_index",
+        "query",
+        "search",
+        *_SLOW_CALLS,
+    }
+)
 
 
-class SchemaMismatchError(RuntimeError):
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked; the message says why (shown as one line)."""
+
+
+class SchemaMismatchError(StoreError):
     """The collection was built with another model, dimension or metric."""
+
+
+class CollectionNotFoundError(StoreError):
+    """Reading a collection (search, info, delete) that does not exist: never created then."""
 
 
 def path_id(path: str) -> int:
@@ -51,24 +85,70 @@ class Hit:
     ingested_at: int | None = None
 
 
-def milvus_uri(settings: Settings) -> str:
-    """The URI clients connect to: a Lite file is served once and shared by all processes."""
+def milvus_uri(settings: Settings, create: bool = True) -> str:
+    """The URI clients connect to: a Lite file is served once and shared by all processes.
+    Without ``create`` a Lite file that does not exist is an error, not a new database."""
     if settings.milvus_is_lite:
         from common.lite_server import ensure_lite_server
 
-        return ensure_lite_server(settings.milvus_uri)
+        db = os.path.abspath(os.path.expanduser(settings.milvus_uri))
+        if not create and not os.path.exists(db):
+            raise CollectionNotFoundError(
+                f"no Milvus Lite database at {db} (RIS_MILVUS_URI): nothing indexed there yet"
+            )
+        return ensure_lite_server(db, settings.lite_registry_dir, settings.lite_bind_address)
     return settings.milvus_uri
+
+
+def store_identity(settings: Settings) -> str:
+    """Which Milvus this process writes to, comparable between machines: a Lite file is
+    ``lite://HOST/ABSOLUTE/PATH`` (only processes on its host reach it), a server its URI
+    with the host lower-cased and the default port made explicit."""
+    if settings.milvus_is_lite:
+        db = os.path.realpath(os.path.expanduser(settings.milvus_uri))
+        return f"lite://{socket.gethostname()}{db}"
+    from urllib.parse import urlsplit
+
+    url = urlsplit(settings.milvus_uri)
+    db_name = url.path.strip("/")
+    port = url.port or 19530
+    return f"{url.scheme}://{(url.hostname or '').lower()}:{port}" + (
+        f"/{db_name}" if db_name else ""
+    )
+
+
+def foreign_store(task_store: str | None, settings: Settings) -> str | None:
+    """Why a task for ``task_store`` must not run here (None: it is this process's store).
+    A task without one comes from an older producer and is accepted."""
+    if task_store is None:
+        return None
+    mine = store_identity(settings)
+    if task_store == mine:
+        return None
+    return (
+        f"not indexed: the task is for Milvus {task_store}, but this worker uses {mine} "
+        "(give producer and workers the same RIS_MILVUS_URI)"
+    )
 
 
 class ImageStore:
     """The image collection in Milvus for one model."""
 
-    def __init__(self, settings: Settings, model: str, dim: int) -> None:
+    def __init__(self, settings: Settings, model: str, dim: int, create: bool = True) -> None:
+        """Open the collection; with ``create`` (writers) make it if missing, else (readers:
+        search, info, delete) a missing collection is a :class:`CollectionNotFoundError`."""
         self.settings = settings
         self.name = settings.collection
         self.model = model
         self.dim = dim
-        self.client = milvus_client(settings)
+        self.client = milvus_client(settings, create)
+        if not create and not self.client.has_collection(self.name):
+            existing = sorted(self.client.list_collections())
+            self.client.close()
+            raise CollectionNotFoundError(
+                f"collection {self.name!r} does not exist in Milvus at {settings.milvus_uri} "
+                f"(collections there: {', '.join(existing) or 'none'})"
+            )
         self._ensure_collection()
 
     # --- schema ----------------------------------------------------------------------------
@@ -143,17 +223,44 @@ class ImageStore:
             self.client.upsert(self.name, [_plain(r) for r in rows])
 
     def delete_ids(self, ids: Iterable[int]) -> int:
-        """Delete rows by id; returns how many ids were asked for."""
-        ids = list(ids)
-        for start in range(0, len(ids), _IN_BATCH):
-            self.client.delete(self.name, ids=ids[start : start + _IN_BATCH])
-        return len(ids)
+        """Delete rows by id; returns how many of them existed (the rows actually removed)."""
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        existing = list(self.resolve(ids))
+        for start in range(0, len(existing), _IN_BATCH):
+            self.client.delete(self.name, ids=existing[start : start + _IN_BATCH])
+        return len(existing)
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every row whose path starts with ``prefix``; returns the count deleted."""
-        escaped = prefix.replace("\\", "\\\\").replace('"', '\\"').replace("%", "\\%")
-        rows = self.client.query(self.name, filter=f'path like "{escaped}%"', output_fields=["id"])
-        return self.delete_ids(int(r["id"]) for r in rows)
+        """Delete the rows at ``prefix`` or under it as a folder: ``a/b`` is that path or
+        that folder, ``a/b/`` the folder only, and ``a/b2/x`` is under neither; ``%``, ``_``
+        and ``\\`` are plain characters. Returns the count removed."""
+        return self.delete_ids(self.paths_under(prefix))
+
+    def paths_under(self, prefix: str) -> dict[int, str]:
+        """``id -> path`` of the rows at ``prefix`` or under it as a directory."""
+        exact = prefix if not prefix.endswith("/") else None  # "a/b/" names a folder only
+        stem = prefix.rstrip("/")
+        folder = stem + "/"
+        # LIKE narrows the scan to the literal part before any special character; Python
+        # decides exactly (Milvus LIKE cannot escape % and _).
+        cut = min([stem.find(c) for c in _LIKE_SPECIAL if c in stem] or [len(stem)])
+        found: dict[int, str] = {}
+        # An iterator: a plain query returns at most 16,384 rows.
+        rows = self.client.query_iterator(
+            self.name,
+            batch_size=_IN_BATCH,
+            filter=f'path like "{stem[:cut]}%"',
+            output_fields=["id", "path"],
+            timeout=self.settings.milvus_timeout_s,
+        )
+        try:
+            while batch := rows.next():
+                for r in batch:
+                    if r["path"] == exact or str(r["path"]).startswith(folder):
+                        found[int(r["id"])] = str(r["path"])
+        finally:
+            rows.close()
+        return found
 
     def flush(self) -> None:
         """Seal growing segments: searches over flushed data are much faster."""
@@ -222,27 +329,87 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "vector": vec.tolist() if isinstance(vec, np.ndarray) else list(vec)}
 
 
-def milvus_client(settings: Settings) -> MilvusClient:
-    """A client of the configured Milvus (the shared Lite server, or a Milvus server)."""
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-    return MilvusClient(uri=milvus_uri(settings), token=token)
+class BoundedClient:
+    """A MilvusClient whose every call is bounded by ``RIS_MILVUS_TIMEOUT_S`` (pymilvus's own
+    retries included: unbounded, they spin for minutes against a dead server without a word)
+    and logged when it fails. A Milvus Lite engine found dead is started again here, once per
+    call, by the process that needs it."""
+
+    def __init__(self, settings: Settings, create: bool = True) -> None:
+        self.settings = settings
+        self._create = create
+        self._client = self._connect()
+
+    def _connect(self) -> MilvusClient:
+        token = self.settings.milvus_token.get_secret_value() if self.settings.milvus_token else ""
+        uri = milvus_uri(self.settings, self._create)
+        try:
+            return MilvusClient(uri=uri, token=token)  # pymilvus waits 10 s to connect
+        except MilvusException as exc:
+            log.warning("Milvus at %s unreachable: %s", self.settings.milvus_uri, exc)
+            raise
+
+    def _lite_engine_gone(self) -> bool:
+        from common.lite_server import engine_running
+
+        if not self.settings.milvus_is_lite:
+            return False
+        db = os.path.abspath(os.path.expanduser(self.settings.milvus_uri))
+        return not engine_running(Path(db))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in _RPC_CALLS:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            timeout = self.settings.milvus_timeout_s * (10 if name in _SLOW_CALLS else 1)
+            kwargs.setdefault("timeout", timeout)
+            try:
+                return getattr(self._client, name)(*args, **kwargs)
+            except MilvusException as exc:
+                if not self._lite_engine_gone():
+                    log.warning("Milvus %s on %s failed: %s", name, self.settings.milvus_uri, exc)
+                    raise
+            log.warning(
+                "Milvus Lite engine for %s is gone (during %s); starting it again",
+                self.settings.milvus_uri,
+                name,
+            )
+            self._client = self._connect()
+            return getattr(self._client, name)(*args, **kwargs)
+
+        return call
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def milvus_client(settings: Settings, create: bool = True) -> Any:
+    """A client of the configured Milvus (the shared Lite server, or a Milvus server), its
+    calls bounded in time. Without ``create`` a missing Lite database is an error."""
+    return BoundedClient(settings, create)
 
 
 def drop_collection(settings: Settings, name: str | None = None) -> None:
     """Drop a collection (default: the configured one), whatever model it was built with."""
-    client = milvus_client(settings)
+    try:
+        client = milvus_client(settings, create=False)
+    except CollectionNotFoundError:
+        return  # no Lite database at all: nothing to drop, and none is created for it
     try:
         client.drop_collection(name or settings.collection)
     finally:
         client.close()
 
 
-def open_store(settings: Settings) -> ImageStore:
-    """The store for the configured model (its dimension comes from the model registry)."""
+def open_store(settings: Settings, create: bool = True) -> ImageStore:
+    """The store for the configured model (its dimension comes from the model registry);
+    ``create=False`` opens an existing collection only."""
     from common.models import get_spec
 
     spec = get_spec(settings.model)
-    return ImageStore(settings, spec.name, spec.dim)
+    return ImageStore(settings, spec.name, spec.dim, create)
 
 
 class StoreCache:
@@ -253,11 +420,14 @@ class StoreCache:
         self.settings = settings
         self._stores: dict[str, ImageStore] = {}
 
-    def get(self, collection: str | None = None) -> ImageStore:
-        """The store of ``collection`` (default: the configured one)."""
+    def get(self, collection: str | None = None, create: bool = True) -> ImageStore:
+        """The store of ``collection`` (default: the configured one); ``create=False`` for
+        readers, which never create a collection."""
         name = collection or self.settings.collection
         if name not in self._stores:
-            self._stores[name] = open_store(self.settings.model_copy(update={"collection": name}))
+            self._stores[name] = open_store(
+                self.settings.model_copy(update={"collection": name}), create
+            )
         return self._stores[name]
 
     def forget(self, collection: str | None = None) -> None:

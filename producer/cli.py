@@ -10,9 +10,20 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from common.settings import get_settings
+from common.settings import MAX_TOP_K, get_settings
 
 log = logging.getLogger("ris")
+
+
+def _top_k(text: str) -> int:
+    """``--top-k``: an integer Milvus accepts as a search limit."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: 1 to {MAX_TOP_K}")
+    return value
 
 
 def _producer() -> Any:
@@ -180,7 +191,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     store = _producer().store
     if args.prefix:
-        deleted = sum(store.delete_prefix(os.path.abspath(p)) for p in args.paths)
+        # A trailing slash survives: "dir/" means the folder only.
+        prefixes = [
+            p if "://" in p else os.path.abspath(p) + ("/" if p.endswith("/") else "")
+            for p in args.paths
+        ]
+        deleted = sum(store.delete_prefix(p) for p in prefixes)
     else:
         deleted = store.delete_ids(path_id(p) for p in expand_inputs(args.paths))
     print(f"deleted {deleted} row(s); {store.count()} remain")
@@ -202,10 +218,35 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "rows": store.count(),
                 "milvus": settings.milvus_uri,
                 "workers": producer.workers_online(),
+                "lite_servers": _lite_servers(),
             },
             indent=2,
         )
     )
+    return 0
+
+
+def _lite_servers() -> list[dict[str, Any]]:
+    from common.lite_server import list_lite_servers
+
+    return [asdict(s) for s in list_lite_servers(get_settings().lite_registry_dir)]
+
+
+def cmd_lite(args: argparse.Namespace) -> int:
+    from common.lite_server import list_lite_servers, stop_lite_server
+
+    settings = get_settings()
+    if args.action == "list":
+        for server in list_lite_servers(settings.lite_registry_dir):
+            print(f"{server.db}  {server.address}  pid {server.pid}")
+        return 0
+    if args.all:
+        dbs = [s.db for s in list_lite_servers(settings.lite_registry_dir)]
+    else:
+        dbs = args.uris or [settings.milvus_uri]
+    for db in dbs:
+        stopped = stop_lite_server(db)
+        print(f"{'stopped' if stopped else 'no server running for'} {os.path.abspath(db)}")
     return 0
 
 
@@ -298,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="find the indexed images most similar to each image")
     p.add_argument("images", nargs="+")
-    p.add_argument("-k", "--top-k", type=int, default=None)
+    p.add_argument(
+        "-k", "--top-k", type=_top_k, default=None, help=f"matches per query (1 to {MAX_TOP_K})"
+    )
     p.add_argument("--queue", default=queues[0], choices=queues)
     p.add_argument("--no-wait", action="store_true", help="print task ids; see `ris result`")
     p.add_argument("--collection", help="search this collection (default RIS_COLLECTION)")
@@ -348,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="collection, model and row count")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("lite", help="list or stop the background Milvus Lite servers")
+    p.add_argument("action", choices=("list", "stop"))
+    p.add_argument("uris", nargs="*", help="the .db files to stop (default RIS_MILVUS_URI)")
+    p.add_argument("--all", action="store_true", help="stop every server listed")
+    p.set_defaults(func=cmd_lite)
+
     p = sub.add_parser("drop", help="drop the collection (all indexed images)")
     p.add_argument("--yes", action="store_true")
     p.set_defaults(func=cmd_drop)
@@ -358,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train/ + test/ folders, a CSV (path,label[,split]), or with "
         "--near-duplicates a folder of originals",
     )
-    p.add_argument("-k", "--top-k", type=int, default=10)
+    p.add_argument("-k", "--top-k", type=_top_k, default=10, help=f"1 to {MAX_TOP_K}")
     p.add_argument("--queue", default=queues[0], choices=queues)
     p.add_argument(
         "--near-duplicates",
@@ -392,10 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from common.store import SchemaMismatchError
+        from common.lite_server import LiteServerError
+        from common.store import StoreError
         from producer.evaluation import DatasetError
 
-        if isinstance(exc, (SchemaMismatchError, TimeoutError, ConnectionError, DatasetError)):
+        if isinstance(
+            exc, (StoreError, LiteServerError, TimeoutError, ConnectionError, DatasetError)
+        ):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -23,7 +23,7 @@ from redis import RedisError
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
 from common.jobs import JobProgress, JobTracker, redis_client
 from common.settings import Settings, get_settings
-from common.store import Hit, ImageStore, StoreCache, drop_collection
+from common.store import Hit, ImageStore, StoreCache, drop_collection, store_identity
 
 
 class QueryError(ValueError):
@@ -57,12 +57,21 @@ class Producer:
 
     @property
     def store(self) -> ImageStore:
-        """The configured collection."""
-        return self._stores.get()
+        """The configured collection (it must exist: reading never creates one)."""
+        return self._stores.get(create=False)
 
-    def store_for(self, collection: str | None) -> ImageStore:
-        """The store of ``collection`` (default: the configured one)."""
-        return self._stores.get(collection)
+    def store_for(self, collection: str | None, create: bool = False) -> ImageStore:
+        """The store of ``collection`` (default: the configured one), created if missing only
+        with ``create``."""
+        return self._stores.get(collection, create)
+
+    def _target(self, collection: str | None) -> dict[str, str]:
+        """The task arguments naming the store a task is for: the worker refuses a task for
+        another Milvus, and writes to the producer's collection, not its own default."""
+        return {
+            "collection": collection or self.settings.collection,
+            "milvus": store_identity(self.settings),
+        }
 
     def reconnect(self) -> None:
         """Forget the Milvus clients (after an error): the next use connects afresh."""
@@ -130,7 +139,7 @@ class Producer:
         self.app.send_task(
             INGEST_TASK,
             args=(job_id, chunk),
-            kwargs={"collection": collection} if collection else {},
+            kwargs=self._target(collection),
             queue=queue,
             task_id=task_id,
             argsrepr=f"(job={job_id}, chunk #{number}{' again' if resent else ''}: "
@@ -239,7 +248,7 @@ class Producer:
         self.app.send_task(
             SEARCH_TASK,
             args=(name, base64.b64encode(data).decode("ascii"), top_k),
-            kwargs={"collection": collection} if collection else {},
+            kwargs=self._target(collection),
             queue=queue,
             task_id=task_id,
             argsrepr=f"(query={os.path.basename(name)!r}, top_k={top_k})",

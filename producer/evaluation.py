@@ -148,7 +148,7 @@ def _index(
 ) -> tuple[float, dict[str, str]]:
     """Index ``paths`` into a fresh ``collection``; returns images/s and the failures."""
     producer.drop_collection(collection)  # results must not depend on an earlier run
-    producer.store_for(collection)
+    producer.store_for(collection, create=True)
     started = time.perf_counter()
     job = producer.ingest(paths, queue=queue, collection=collection)
     producer.wait(job)

@@ -43,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "RIS_MILVUS_URI": str(tmp / "milvus.db"),
             "RIS_COLLECTION": f"test_{uuid.uuid4().hex[:8]}",
             "RIS_DECODE_THREADS": "2",
+            "RIS_LITE_REGISTRY_DIR": str(tmp / "lite-servers"),
         }
     )
     _STATE["redis_url"] = url

@@ -22,7 +22,7 @@ from common.celery_app import INGEST_TASK, SEARCH_TASK, app
 from common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
-from common.store import StoreCache, path_id
+from common.store import StoreCache, foreign_store, path_id
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,13 @@ class IngestTask(Task):
             log.exception("could not record the failure of job %s", job_id)
 
 
+def _refuse_chunk(ctx: WorkerContext, job_id: str, paths: list[str], reason: str) -> dict[str, Any]:
+    """Report every path of a chunk meant for another store as failed, with the reason."""
+    log.error("job %s: refused a chunk of %d paths: %s", job_id, len(paths), reason)
+    ctx.tracker.mark(job_id, [], [], dict.fromkeys(paths, reason))
+    return {"job_id": job_id, "indexed": 0, "unchanged": 0, "failed": len(paths)}
+
+
 def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     params = dict(zip(("job_id", "paths"), args or (), strict=False)) | dict(kwargs or {})
     return str(params.get("job_id")), list(params.get("paths") or [])
@@ -93,12 +100,19 @@ def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     max_retries=_SETTINGS.task_max_retries,
 )
 def ingest_chunk(
-    self: Task, job_id: str, paths: list[str], collection: str | None = None
+    self: Task,
+    job_id: str,
+    paths: list[str],
+    collection: str | None = None,
+    milvus: str | None = None,
 ) -> dict[str, Any]:
-    """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one);
-    record each path's outcome in the job's progress. Files whose content hash is stored
-    already are not decoded again."""
+    """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one) of
+    the Milvus named by ``milvus`` (a store identity; another one is refused); record each
+    path's outcome in the job's progress. Files whose content hash is stored already are not
+    decoded again."""
     ctx = context()
+    if refused := foreign_store(milvus, ctx.settings):
+        return _refuse_chunk(ctx, job_id, paths, refused)
     started = time.perf_counter()
     spent: dict[str, float] = {}  # seconds per stage, for the log
     try:
@@ -166,16 +180,25 @@ def ingest_chunk(
     retry_backoff=1,
     max_retries=3,
 )
-def search(name: str, image_b64: str, top_k: int, collection: str | None = None) -> dict[str, Any]:
-    """Embed one query image and return the ids and scores of its nearest indexed images."""
+def search(
+    name: str,
+    image_b64: str,
+    top_k: int,
+    collection: str | None = None,
+    milvus: str | None = None,
+) -> dict[str, Any]:
+    """Embed one query image and return the ids and scores of its nearest indexed images
+    (``milvus``: the store identity the query is for; another one is refused)."""
     ctx = context()
+    if refused := foreign_store(milvus, ctx.settings):
+        return {"query": name, "error": refused.replace("not indexed", "not searched")}
     started = time.perf_counter()
     result = ctx.pipeline([(name, base64.b64decode(image_b64), None)])[0]
     if result.error is not None:
         return {"query": name, "error": result.error}
     embedded = time.perf_counter()
     try:
-        store = ctx.stores.get(collection)
+        store = ctx.stores.get(collection, create=False)  # a search never creates one
         hits = store.search(result.vector, top_k)[0]
     except RETRYABLE:
         ctx.stores.forget()
