@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     # still exist (queued, or held by a worker) and sends again those that do not: kombu's Redis
     # transport can lose a message taken by a worker just as Redis goes down.
     stall_check_s: float = 60.0
+    # A task running longer is interrupted (soft: its chunk's paths reported as failed) or its
+    # process killed (hard); 0 disables. Keep both below visibility_timeout_s.
+    task_soft_time_limit_s: float = 600.0
+    task_time_limit_s: float = 660.0
+    # `ris ingest` gives up waiting (exit 3, the job stays queued) after this long with no
+    # progress and no worker consuming the job's queue.
+    no_worker_wait_s: float = 30.0
+    # Seconds to wait for Redis to answer before a command says it is unreachable.
+    redis_check_timeout_s: float = 3.0
     # Results and job progress expire after this long.
     result_ttl_s: int = 7 * 24 * 3600
     # Queues a worker may consume and a producer may send to. Queues named "gpu..." are for
