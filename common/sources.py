@@ -13,6 +13,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from common.paths import FILE_SCHEME, decode_file_url
 from common.settings import Settings
 
@@ -133,7 +135,7 @@ def _read_url(url: str, settings: Settings) -> Source:
     try:
         with fsspec.open(url, "rb", **options) as fh:
             return _read_stream(fh, settings.max_file_bytes)
-    except SourceError:
+    except (SourceError, SoftTimeLimitExceeded):  # the task's time limit is not a network error
         raise
     except FileNotFoundError:
         raise SourceError("no such file (URL not found)") from None

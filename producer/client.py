@@ -22,6 +22,7 @@ from redis import RedisError
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
 from common.jobs import JobProgress, JobTracker, redis_client
+from common.paths import encode_path
 from common.settings import Settings, get_settings
 from common.store import Hit, ImageStore, StoreCache, drop_collection
 
@@ -251,7 +252,11 @@ class Producer:
         self.tracker.r.set(f"{_QUERY_PREFIX}{task_id}", 1, ex=self.settings.result_ttl_s)
         self.app.send_task(
             SEARCH_TASK,
-            args=(os.path.abspath(image_path), base64.b64encode(data).decode("ascii"), top_k),
+            args=(
+                encode_path(os.path.abspath(image_path)),
+                base64.b64encode(data).decode("ascii"),
+                top_k,
+            ),
             kwargs={"collection": collection} if collection else {},
             queue=queue,
             task_id=task_id,
