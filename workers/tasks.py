@@ -138,7 +138,7 @@ def ingest_chunk(
     record each path's outcome in the job's progress."""
     ctx = context()
     started = time.perf_counter()
-    paths = _ingest_args((job_id, paths), {})[1]
+    paths = [encode_path(p) for p in paths]  # see _ingest_args
     failed: dict[str, str] = {}
     payload: dict[str, tuple[bytes, str]] = {}
     for path in paths:
