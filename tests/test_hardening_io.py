@@ -342,7 +342,8 @@ def test_a_chunk_sent_twice_is_processed_once(io: IoCluster, photos: Path, tmp_p
 
 def test_ctrl_c_while_enqueueing_reports_and_resumes_exactly(io: IoCluster, tmp_path: Path) -> None:
     listing = tmp_path / "many.txt"
-    listing.write_text("".join(f"/nonexistent/{i}.jpg\n" for i in range(600)))
+    n = 1000  # 500 chunks of 2: enqueueing takes long enough to be interrupted
+    listing.write_text("".join(f"/nonexistent/{i}.jpg\n" for i in range(n)))
     env = {**os.environ, **io.env, "RIS_CHUNK_SIZE": "2"}
     producer = io.producer()
     job = producer.job_id_for([str(listing)], "cpu")
@@ -364,8 +365,8 @@ def test_ctrl_c_while_enqueueing_reports_and_resumes_exactly(io: IoCluster, tmp_
     m = re.search(rf"interrupted: job {job}: (\d+) paths enqueued", out)
     assert m, out + err
     chunks, total = producer.tracker.resume_point(job)  # type: ignore[misc]
-    assert int(m[1]) == total == 2 * chunks < 600
+    assert int(m[1]) == total == 2 * chunks < n
     again = run_cli("ingest", str(listing), "--quiet", "--timeout", "180", env=env)
     assert f"job {job}: resuming after {total} paths already enqueued" in again.stdout
     line = _finished_line(again.stdout)
-    assert (int(line[2]), int(line[3]), int(line[6])) == (600, 600, 600), again.stdout
+    assert (int(line[2]), int(line[3]), int(line[6])) == (n, n, n), again.stdout
