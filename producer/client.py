@@ -6,6 +6,7 @@ It sends tasks by name, so the producer never imports the model or worker code.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import os
@@ -52,6 +53,16 @@ def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, n)):
         yield chunk
+
+
+def _release(result: AsyncResult) -> None:
+    """Stop listening for ``result`` now, and detach it from the backend: left to
+    ``AsyncResult.__del__``, the unsubscribe runs while the interpreter shuts down and prints
+    an ImportError traceback."""
+    # Redis gone: there is no subscription left to cancel.
+    with contextlib.suppress(OSError, RedisError, OperationalError):
+        result.backend.remove_pending_result(result)
+    result.backend = None
 
 
 class Producer:
@@ -275,14 +286,12 @@ class Producer:
         error.
         """
         result = AsyncResult(task_id, app=self.app)
-        if result.state == "PENDING" and not self.tracker.r.exists(f"{_QUERY_PREFIX}{task_id}"):
-            # Keep no AsyncResult alive until interpreter exit: its __del__ then fails noisily.
-            del result
-            return QueryResult(
-                query or task_id,
-                error=f"unknown task id {task_id!r}: never submitted, or its result expired",
-            )
         try:
+            if result.state == "PENDING" and not self.tracker.r.exists(f"{_QUERY_PREFIX}{task_id}"):
+                return QueryResult(
+                    query or task_id,
+                    error=f"unknown task id {task_id!r}: never submitted, or its result expired",
+                )
             payload: dict[str, Any] = result.get(timeout=timeout_s)
         except NoAnswer:
             raise TimeoutError(
@@ -291,6 +300,8 @@ class Producer:
             ) from None
         except Exception as exc:
             return QueryResult(query or task_id, error=f"search failed: {exc}")
+        finally:
+            _release(result)
         return self.resolve(payload)
 
     def resolve(self, payload: dict[str, Any]) -> QueryResult:

@@ -296,13 +296,20 @@ def test_no_worker_on_the_queue_is_said_and_the_job_resumes(
     assert io.producer().progress(job).total == 1
 
 
-def test_result_of_an_unknown_id_is_an_error_at_once(io: IoCluster) -> None:
+def test_result_of_an_unknown_id_is_an_error_at_once(io: IoCluster, photos: Path) -> None:
     started = time.monotonic()
     out = run_cli("result", "q-00000000-nothere", env=io.env, check=False, timeout=60)
     assert time.monotonic() - started < 20
     assert out.returncode != 0
     assert "unknown task id 'q-00000000-nothere'" in out.stdout + out.stderr
     assert "Error" not in out.stderr and "Exception" not in out.stderr, out.stderr
+    # A known query that no worker answers (nobody consumes "gpu"): a timeout, in one line.
+    image = str(next(iter(sorted(photos.iterdir()))))
+    submitted = run_cli("search", image, "--no-wait", "--queue", "gpu", env=io.env).stdout
+    out = run_cli("result", submitted.split()[0], "--timeout", "2", env=io.env, check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+    assert "not answered within 2 s" in out.stderr
 
 
 # --- 10: Redis down ------------------------------------------------------------------------
