@@ -81,6 +81,9 @@ def make_app(settings: Settings) -> Celery:
             "interval_step": 1,
             "interval_max": 5,
         },
+        # Nothing holds a worker forever (a stuck read, a hung library call).
+        task_soft_time_limit=settings.task_soft_time_limit_s or None,
+        task_time_limit=settings.task_time_limit_s or None,
         result_expires=settings.result_ttl_s,
         result_extended=True,
         # Events and STARTED state make tasks visible in Flower.

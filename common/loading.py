@@ -42,9 +42,10 @@ def load(item: Item, settings: Settings, size: int) -> Loaded:
     """Read, hash and decode one item; never raises."""
     key, data, known_sha = item
     try:
-        if data is None:
-            data = read_source(key, settings)
-        sha = hashlib.sha256(data).hexdigest()
+        if data is None:  # read and hashed in one pass
+            data, sha = read_source(key, settings)
+        else:
+            sha = hashlib.sha256(data).hexdigest()
         if sha == known_sha:
             return Loaded(key, sha, unchanged=True)
         image = decode(data, size, settings.max_image_pixels)

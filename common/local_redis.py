@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -22,6 +23,36 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
         )
     except (redis.RedisError, OSError):
         return False
+
+
+def public_url(url: str) -> str:
+    """``url`` without its password, to show in messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{user}{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_redis(url: str, timeout_s: float) -> None:
+    """Raise ConnectionError with a one-line reason unless Redis at ``url`` answers a PING
+    within ``timeout_s`` (a command fails fast instead of retrying for a minute)."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise ConnectionError(
+            f"Redis at {public_url(url)} refused the credentials: {exc}"
+        ) from None
+    except (redis.RedisError, OSError) as exc:
+        raise ConnectionError(
+            f"Redis at {public_url(url)} is unreachable ({exc}); is it running? (RIS_REDIS_URL)"
+        ) from None
+    finally:
+        client.close()
 
 
 def start_redis(

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     # Result-backend writes (task states and results) that hit a broken connection are
     # retried this often, with exponential backoff capped at 5 s, before the task fails.
     result_backend_max_retries: int = 30
+    # A task running longer is interrupted (soft: its chunk's paths reported as failed) or its
+    # process killed (hard); 0 disables. Keep both below visibility_timeout_s.
+    task_soft_time_limit_s: float = 600.0
+    task_time_limit_s: float = 660.0
+    # `ris ingest` gives up waiting (exit 3, the job stays queued) after this long with no
+    # progress and no worker consuming the job's queue.
+    no_worker_wait_s: float = 30.0
+    # Seconds to wait for Redis to answer before a command says it is unreachable.
+    redis_check_timeout_s: float = 3.0
     # Results and job progress expire after this long.
     result_ttl_s: int = 7 * 24 * 3600
     # Queues a worker may consume and a producer may send to. Queues named "gpu..." are for

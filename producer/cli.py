@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -49,19 +50,55 @@ def _print_failures(failures: dict[str, str], limit: int | None = 20) -> None:
         print(f"  ... and {len(items) - limit} more (ris status JOB --failures)")
 
 
+def _enqueue(producer: Any, args: argparse.Namespace, paths: Any, job_id: str) -> bool:
+    """Enqueue the job; a first Ctrl-C stops between two chunks (so the record of what was
+    sent stays exact) and says what was enqueued; returns False when it was interrupted."""
+    stop: list[bool] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop:  # a second Ctrl-C: at once
+            raise KeyboardInterrupt
+        stop.append(True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        producer.ingest(
+            paths,
+            queue=args.queue,
+            job_id=job_id,
+            collection=args.collection,
+            should_stop=lambda: bool(stop),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop:
+        total = producer.progress(job_id).total
+        print(
+            f"interrupted: job {job_id}: {total} paths enqueued; run the same command again "
+            "to enqueue the rest",
+            flush=True,
+        )
+    return not stop
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from producer.client import NoWorkerError
     from producer.inputs import expand_inputs
 
     producer = _producer()
     paths = expand_inputs(args.inputs)
     job_id = args.job_id or producer.job_id_for(args.inputs, args.queue, args.collection)
-    resumed = producer.tracker.resume_point(job_id)
-    if resumed:
-        print(f"job {job_id}: resuming after {resumed[1]} paths already enqueued", flush=True)
-    print(f"job {job_id}: enqueueing to queue {args.queue!r}", flush=True)
-    job_id = producer.ingest(paths, queue=args.queue, job_id=job_id, collection=args.collection)
+    if producer.tracker.is_complete(job_id):
+        print(f"job {job_id}: enqueued already; waiting for it", flush=True)
+    else:
+        resumed = producer.tracker.resume_point(job_id)
+        if resumed:
+            print(f"job {job_id}: resuming after {resumed[1]} paths already enqueued", flush=True)
+        print(f"job {job_id}: enqueueing to queue {args.queue!r}", flush=True)
+        if not _enqueue(producer, args, paths, job_id):
+            return 130
     progress = producer.progress(job_id)
     print(f"job {job_id}: {progress.total} paths enqueued", flush=True)
     if args.no_wait or progress.total == 0:
@@ -86,9 +123,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
             bar.write(f"job {job_id}: {p.pending} pending, none queued or running: sent {n} again")
 
-        progress = producer.wait(
-            job_id, timeout_s=args.timeout, on_progress=update, on_stall=recover
-        )
+        try:
+            progress = producer.wait(
+                job_id,
+                timeout_s=args.timeout,
+                on_progress=update,
+                on_stall=recover,
+                queue=args.queue,
+            )
+        except NoWorkerError as exc:
+            bar.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
     _print_progress_line(progress)
     _print_failures(producer.failures(job_id))
     return 0
@@ -327,7 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", help="reuse a job id (resume an interrupted ingest)")
     p.add_argument("--collection", help="index into this collection (default RIS_COLLECTION)")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the job at most (default: no limit; with no worker on the "
+        "queue, ingest gives up after RIS_NO_WORKER_WAIT_S)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
@@ -425,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that fail fast, in one line, when Redis does not answer.
+_NEEDS_REDIS = frozenset({"ingest", "status", "search", "result"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ris`` console script."""
     args = build_parser().parse_args(argv)
@@ -437,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command in _NEEDS_REDIS:
+            from common.local_redis import check_redis
+
+            settings = get_settings()
+            check_redis(settings.redis_url.get_secret_value(), settings.redis_check_timeout_s)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

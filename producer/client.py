@@ -6,6 +6,7 @@ It sends tasks by name, so the producer never imports the model or worker code.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import os
@@ -22,12 +23,20 @@ from redis import RedisError
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
 from common.jobs import JobProgress, JobTracker, redis_client
+from common.paths import encode_path
 from common.settings import Settings, get_settings
 from common.store import Hit, ImageStore, StoreCache, drop_collection, store_identity
 
 
 class QueryError(ValueError):
     """A query image that cannot be searched; the message says why."""
+
+
+class NoWorkerError(RuntimeError):
+    """No worker consumes the job's queue, and none did for ``no_worker_wait_s``."""
+
+
+_QUERY_PREFIX = "ris:query:"
 
 
 @dataclass
@@ -44,6 +53,16 @@ def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, n)):
         yield chunk
+
+
+def _release(result: AsyncResult) -> None:
+    """Stop listening for ``result`` now, and detach it from the backend: left to
+    ``AsyncResult.__del__``, the unsubscribe runs while the interpreter shuts down and prints
+    an ImportError traceback."""
+    # Redis gone: there is no subscription left to cancel.
+    with contextlib.suppress(OSError, RedisError, OperationalError):
+        result.backend.remove_pending_result(result)
+    result.backend = None
 
 
 class Producer:
@@ -85,13 +104,15 @@ class Producer:
     # --- ingestion -------------------------------------------------------------------------
     def job_id_for(self, inputs: list[str], queue: str, collection: str | None = None) -> str:
         """A job id derived from the inputs, so re-running an interrupted ``ris ingest``
-        resumes its job; once that job was fully enqueued, a fresh (suffixed) id."""
+        resumes its job (or waits for it, if it was enqueued completely); once that job has
+        finished, a fresh (suffixed) id."""
         target = collection or self.settings.collection
         paths = (i if "://" in i else os.path.abspath(i) for i in inputs)
         key = "\0".join([queue, target, *paths])
-        base = hashlib.sha1(key.encode()).hexdigest()[:12]
+        base = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
         job_id, n = base, 1
-        while self.tracker.is_complete(job_id):
+        # A job enqueued completely but not finished is the one to wait for, not to repeat.
+        while self.tracker.is_complete(job_id) and self.progress(job_id).finished:
             n += 1
             job_id = f"{base}-{n}"
         return job_id
@@ -103,12 +124,15 @@ class Producer:
         job_id: str | None = None,
         on_enqueued: Callable[[int], None] | None = None,
         collection: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> str:
         """Enqueue ``paths`` in chunks and return the job id (into ``collection``, default the
         configured one).
 
         Resumable: if ``job_id`` names a job whose enqueueing was interrupted, the chunks it
-        already sent are skipped (inputs expand in a stable order), so none is sent twice.
+        already sent are skipped (inputs expand in a stable order), and a chunk sent but not
+        recorded is sent again under the same task id, which a worker runs once.
+        ``should_stop`` is asked between chunks: True stops enqueueing there (resumable).
         """
         job_id = job_id or os.urandom(6).hex()
         skip_chunks, total = self.tracker.resume_point(job_id) or (0, 0)
@@ -117,6 +141,8 @@ class Producer:
         for number, chunk in enumerate(_batched(paths, self.settings.chunk_size_for(queue))):
             if number < skip_chunks:
                 continue
+            if should_stop and should_stop():
+                return job_id
             self._send_chunk(job_id, number, chunk, queue, collection)
             total += len(chunk)
             chunks = number + 1
@@ -187,20 +213,37 @@ class Producer:
         poll_s: float = 0.25,
         on_progress: Callable[[JobProgress], None] | None = None,
         on_stall: Callable[[JobProgress], None] | None = None,
+        queue: str | None = None,
     ) -> JobProgress:
         """Block until every path of the job is processed; TimeoutError past ``timeout_s``.
-        ``on_stall`` is called after each ``stall_check_s`` without progress."""
+        ``on_stall`` is called after each ``stall_check_s`` without progress. With ``queue``,
+        NoWorkerError once no worker consumed it for ``no_worker_wait_s`` without progress."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last_processed, last_change = -1, time.monotonic()
+        no_worker = self.settings.no_worker_wait_s
+        last_consumer = last_check = time.monotonic()
         while True:
             progress = self.progress(job_id)
             if on_progress:
                 on_progress(progress)
             if progress.finished:
                 return progress
+            now = time.monotonic()
             if progress.processed != last_processed:
-                last_processed, last_change = progress.processed, time.monotonic()
-            elif on_stall and time.monotonic() - last_change > self.settings.stall_check_s:
+                last_processed, last_change = progress.processed, now
+                last_consumer = now
+            elif queue and no_worker > 0 and now - last_check >= min(2.0, no_worker / 3):
+                last_check = now
+                if self.consumers(queue):
+                    last_consumer = now
+                elif now - last_consumer >= no_worker:
+                    raise NoWorkerError(
+                        f"no worker consumes queue {queue!r} (none for {no_worker:g} s): start "
+                        f"one with `ris worker --queue {queue}`; job {job_id} stays queued "
+                        f"({progress.pending} pending): run the same command again to wait "
+                        f"for it, or `ris status {job_id}`"
+                    )
+            if on_stall and time.monotonic() - last_change > self.settings.stall_check_s:
                 on_stall(progress)
                 last_change = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
@@ -245,9 +288,11 @@ class Producer:
                 f"{self.settings.max_query_bytes:,}"
             )
         task_id = f"q-{hashlib.sha1(data).hexdigest()[:8]}-{os.urandom(4).hex()}"
+        # Recorded so that `ris result` tells a queued query from an id nobody submitted.
+        self.tracker.r.set(f"{_QUERY_PREFIX}{task_id}", 1, ex=self.settings.result_ttl_s)
         self.app.send_task(
             SEARCH_TASK,
-            args=(name, base64.b64encode(data).decode("ascii"), top_k),
+            args=(encode_path(name), base64.b64encode(data).decode("ascii"), top_k),
             kwargs=self._target(collection),
             queue=queue,
             task_id=task_id,
@@ -261,10 +306,18 @@ class Producer:
         """Wait for a query task and resolve its result ids to paths stored in Milvus.
 
         A task that failed on the worker (after its retries) is a result with an error, so one
-        bad query does not hide the others; no answer within ``timeout_s`` is a TimeoutError.
+        bad query does not hide the others; no answer within ``timeout_s`` is a TimeoutError,
+        an id that no producer submitted (or whose result expired) at once a result with an
+        error.
         """
+        result = AsyncResult(task_id, app=self.app)
         try:
-            payload: dict[str, Any] = AsyncResult(task_id, app=self.app).get(timeout=timeout_s)
+            if result.state == "PENDING" and not self.tracker.r.exists(f"{_QUERY_PREFIX}{task_id}"):
+                return QueryResult(
+                    query or task_id,
+                    error=f"unknown task id {task_id!r}: never submitted, or its result expired",
+                )
+            payload: dict[str, Any] = result.get(timeout=timeout_s)
         except NoAnswer:
             raise TimeoutError(
                 f"query {task_id} not answered within {timeout_s:g} s: is a worker listening "
@@ -272,6 +325,8 @@ class Producer:
             ) from None
         except Exception as exc:
             return QueryResult(query or task_id, error=f"search failed: {exc}")
+        finally:
+            _release(result)
         return self.resolve(payload)
 
     def query_state(self, task_id: str) -> tuple[str, QueryResult | None]:
@@ -320,6 +375,18 @@ class Producer:
             self.collect(task_id, timeout_s, path) if task_id else QueryResult(path, error=err)
             for path, task_id, err in submitted
         ]
+
+    def consumers(self, queue: str, timeout_s: float = 1.0) -> list[str]:
+        """Names of the workers that answer and consume ``queue``."""
+        try:
+            replies = self.app.control.inspect(timeout=timeout_s).active_queues() or {}
+        except (OSError, RedisError, OperationalError):
+            return []
+        return sorted(
+            name
+            for name, queues in replies.items()
+            if any(q.get("name") == queue for q in queues or [])
+        )
 
     def workers_online(self, timeout_s: float = 1.0) -> list[str]:
         """Names of the workers that answer a ping (none while the broker is unreachable)."""

@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from producer.client import Producer
-from producer.inputs import IMAGE_EXTENSIONS, expand_inputs
+from producer.inputs import expand_inputs, image_extensions
 
 
 class DatasetError(ValueError):
@@ -46,7 +46,7 @@ def _labelled_folder(root: Path) -> list[Labelled]:
         Labelled(str(p.resolve()), label.name)
         for label in sorted(d for d in root.iterdir() if d.is_dir())
         for p in sorted(label.iterdir())
-        if p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.suffix.lower() in image_extensions()
     ]
 
 

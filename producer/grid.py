@@ -23,7 +23,7 @@ def _tile(path: str | None) -> Image.Image:
     if path:
         try:
             # Matches may be URLs as well as local paths.
-            img = open_rgb(read_source(path, get_settings()), _MAX_PIXELS, target=_TILE)
+            img = open_rgb(read_source(path, get_settings()).data, _MAX_PIXELS, target=_TILE)
             img.thumbnail((_TILE, _TILE))
             tile.paste(img, ((_TILE - img.width) // 2, (_TILE - img.height) // 2))
         except (OSError, ImageError, SourceError):

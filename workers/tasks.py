@@ -15,11 +15,15 @@ from typing import Any
 
 import grpc
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from celery.worker.request import Request
 from pymilvus.exceptions import MilvusException
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app
+from common.chunks import chunk_done, record_chunk_done
 from common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
+from common.paths import encode_path
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
 from common.store import StoreCache, foreign_store, path_id
@@ -62,19 +66,56 @@ def _load_model(**_: Any) -> None:
     context()
 
 
+def _record_chunk_failure(tracker: JobTracker, job_id: str, paths: list[str], reason: str) -> None:
+    log.error("chunk of job %s failed for good (%d paths): %s", job_id, len(paths), reason)
+    try:
+        tracker.mark(job_id, [], [], dict.fromkeys(paths, reason))
+    except Exception:
+        log.exception("could not record the failure of job %s", job_id)
+
+
+class IngestRequest(Request):
+    """Records the paths of a chunk killed by the hard time limit as failed (Celery marks only
+    the task's result), so the job finishes instead of waiting for them."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:
+            # The pool process was killed: record from the worker's main process.
+            job_id, paths = _ingest_args(self.args, self.kwargs)
+            tracker = JobTracker(redis_client(_SETTINGS), _SETTINGS.result_ttl_s)
+            reason = f"not indexed: time limit of {timeout:g} s exceeded (RIS_TASK_TIME_LIMIT_S)"
+            _record_chunk_failure(tracker, job_id, paths, reason)
+
+
 class IngestTask(Task):
-    """Reports a chunk whose retries ran out as failed, path by path, instead of hanging."""
+    """Reports a chunk whose retries ran out as failed, path by path, instead of hanging;
+    runs a chunk sent twice (same task id) once."""
+
+    Request = IngestRequest
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        job_id, _ = _ingest_args(args, kwargs)
+        task_id = self.request.id
+        tracker = context().tracker
+        if task_id and chunk_done(tracker.r, job_id, task_id):
+            log.info("job %s: chunk %s already done: skipped", job_id, task_id)
+            return {"job_id": job_id, "skipped": "chunk already done"}
+        result = super().__call__(*args, **kwargs)
+        if task_id:
+            record_chunk_done(tracker.r, job_id, task_id, tracker.ttl_s)
+        return result
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         job_id, paths = _ingest_args(args, kwargs)
-        reason = f"not indexed: {type(exc).__name__}: {exc}"
-        log.error("chunk of job %s failed for good (%d paths): %s", job_id, len(paths), reason)
-        try:
-            context().tracker.mark(job_id, [], [], dict.fromkeys(paths, reason))
-        except Exception:
-            log.exception("could not record the failure of job %s", job_id)
+        if isinstance(exc, SoftTimeLimitExceeded):
+            limit = _SETTINGS.task_soft_time_limit_s
+            reason = f"not indexed: time limit of {limit:g} s exceeded (RIS_TASK_SOFT_TIME_LIMIT_S)"
+        else:
+            reason = f"not indexed: {type(exc).__name__}: {exc}"
+        _record_chunk_failure(context().tracker, job_id, paths, reason)
 
 
 def _refuse_chunk(ctx: WorkerContext, job_id: str, paths: list[str], reason: str) -> dict[str, Any]:
@@ -86,7 +127,8 @@ def _refuse_chunk(ctx: WorkerContext, job_id: str, paths: list[str], reason: str
 
 def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
     params = dict(zip(("job_id", "paths"), args or (), strict=False)) | dict(kwargs or {})
-    return str(params.get("job_id")), list(params.get("paths") or [])
+    # A path that is not valid UTF-8 cannot be a Redis or Milvus key: its text form can.
+    return str(params.get("job_id")), [encode_path(str(p)) for p in params.get("paths") or []]
 
 
 @app.task(
@@ -114,6 +156,7 @@ def ingest_chunk(
     if refused := foreign_store(milvus, ctx.settings):
         return _refuse_chunk(ctx, job_id, paths, refused)
     started = time.perf_counter()
+    paths = [encode_path(p) for p in paths]  # see _ingest_args
     spent: dict[str, float] = {}  # seconds per stage, for the log
     try:
         store = ctx.stores.get(collection)
