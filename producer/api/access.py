@@ -49,4 +49,4 @@ def check_source(source: str, settings: Settings, loopback: bool) -> None:
 def read_checked(source: str, settings: Settings, loopback: bool) -> bytes:
     """The bytes at ``source`` once it passes ``check_source``; SourceError if unreadable."""
     check_source(source, settings, loopback)
-    return read_source(source, settings)
+    return read_source(source, settings).data

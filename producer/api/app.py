@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from common.images import ImageError
 from common.settings import Settings
 from common.sources import SourceError
-from common.store import ImageStore
+from common.store import CollectionNotFoundError, ImageStore, milvus_client
 from producer.api.access import AccessError, check_source, read_checked
 from producer.api.imaging import TooLarge, check_image, full_size, thumbnail
 from producer.api.schemas import (
@@ -315,7 +315,13 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         except redis.RedisError as exc:
             redis_ok, errors["redis"] = False, str(exc)
         try:
-            producer.store.count()
+            client = milvus_client(settings, create=False)
+            try:
+                client.list_collections()
+            finally:
+                client.close()
+            milvus_ok = True
+        except CollectionNotFoundError:  # a Lite file nothing was indexed into yet
             milvus_ok = True
         except Exception as exc:  # any client error means "not reachable"
             milvus_ok, errors["milvus"] = False, str(exc)
