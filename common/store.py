@@ -32,6 +32,10 @@ class SchemaMismatchError(RuntimeError):
     """The collection was built with another model, dimension or metric."""
 
 
+class MilvusConnectError(ConnectionError):
+    """Milvus did not answer, or refused the credentials in RIS_MILVUS_TOKEN."""
+
+
 def path_id(path: str) -> int:
     """The row id for ``path``: a stable 63-bit hash of the absolute path or URL."""
     digest = hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest()
@@ -60,6 +64,16 @@ def milvus_uri(settings: Settings) -> str:
     return settings.milvus_uri
 
 
+def read_consistency(settings: Settings) -> str | None:
+    """The consistency level of reads that must see every acknowledged write.
+
+    A Milvus server answers Bounded reads (its default) from data up to seconds old, so a count
+    or a look-up right after an upsert would miss rows: there, such reads are Strong (they wait
+    for the next time tick, ~200 ms). Milvus Lite's reads already see every acknowledged write.
+    """
+    return None if settings.milvus_is_lite else "Strong"
+
+
 class ImageStore:
     """The image collection in Milvus for one model."""
 
@@ -69,6 +83,10 @@ class ImageStore:
         self.model = model
         self.dim = dim
         self.client = milvus_client(settings)
+        consistency = read_consistency(settings)
+        self._read: dict[str, Any] = {"consistency_level": consistency} if consistency else {}
+        search_level = consistency and (settings.search_consistency or consistency)
+        self._search: dict[str, Any] = {"consistency_level": search_level} if search_level else {}
         self._ensure_collection()
 
     # --- schema ----------------------------------------------------------------------------
@@ -152,7 +170,9 @@ class ImageStore:
     def delete_prefix(self, prefix: str) -> int:
         """Delete every row whose path starts with ``prefix``; returns the count deleted."""
         escaped = prefix.replace("\\", "\\\\").replace('"', '\\"').replace("%", "\\%")
-        rows = self.client.query(self.name, filter=f'path like "{escaped}%"', output_fields=["id"])
+        rows = self.client.query(
+            self.name, filter=f'path like "{escaped}%"', output_fields=["id"], **self._read
+        )
         return self.delete_ids(int(r["id"]) for r in rows)
 
     def flush(self) -> None:
@@ -170,7 +190,10 @@ class ImageStore:
         for start in range(0, len(ids), _IN_BATCH):
             part = ids[start : start + _IN_BATCH]
             rows = self.client.query(
-                self.name, filter=f"id in {list(part)}", output_fields=["id", "sha256"]
+                self.name,
+                filter=f"id in {list(part)}",
+                output_fields=["id", "sha256"],
+                **self._read,
             )
             out.update({int(r["id"]): str(r["sha256"]) for r in rows})
         return out
@@ -186,6 +209,7 @@ class ImageStore:
             limit=top_k,
             search_params={"metric_type": self.settings.metric, "params": params},
             output_fields=[],
+            **self._search,
         )
         return [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in result]
 
@@ -195,14 +219,17 @@ class ImageStore:
         for start in range(0, len(ids), _IN_BATCH):
             part = [int(i) for i in ids[start : start + _IN_BATCH]]
             rows = self.client.query(
-                self.name, filter=f"id in {part}", output_fields=["id", *SCALAR_FIELDS]
+                self.name,
+                filter=f"id in {part}",
+                output_fields=["id", *SCALAR_FIELDS],
+                **self._read,
             )
             out.update({int(r["id"]): {k: r[k] for k in SCALAR_FIELDS} for r in rows})
         return out
 
     def count(self) -> int:
         """Number of rows (exact, counts unflushed rows too)."""
-        rows = self.client.query(self.name, filter="", output_fields=["count(*)"])
+        rows = self.client.query(self.name, filter="", output_fields=["count(*)"], **self._read)
         return int(rows[0]["count(*)"])
 
     def index(self) -> dict[str, Any]:
@@ -223,9 +250,37 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def milvus_client(settings: Settings) -> MilvusClient:
-    """A client of the configured Milvus (the shared Lite server, or a Milvus server)."""
+    """A client of the configured Milvus (the shared Lite server, or a Milvus server).
+
+    Raises :class:`MilvusConnectError` (one line, naming the URI) when it does not answer or
+    refuses the token; pymilvus's own multi-line error log of the attempt is held back.
+    """
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-    return MilvusClient(uri=milvus_uri(settings), token=token)
+    uri = milvus_uri(settings)
+    # pymilvus configures these two loggers apart, each with its own handler.
+    loggers = [logging.getLogger(n) for n in ("pymilvus", "pymilvus.milvus_client")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        return MilvusClient(uri=uri, token=token)
+    except Exception as exc:
+        raise MilvusConnectError(_connect_failure(uri, exc)) from None
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _connect_failure(uri: str, exc: Exception) -> str:
+    """One line saying why connecting to ``uri`` failed."""
+    import grpc
+
+    if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return f"Milvus at {uri} refused the credentials in RIS_MILVUS_TOKEN ({exc.details()})"
+    reason = getattr(exc, "message", "") or (
+        exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+    )
+    return f"cannot connect to Milvus at {uri}: {' '.join(str(reason).split())}"
 
 
 def drop_collection(settings: Settings, name: str | None = None) -> None:
