@@ -127,6 +127,10 @@ class MilvusServer:
                 )
             if self.server_pid is None:
                 self.server_pid = next(iter(_children(self.wrapper.pid)), None)
+            elif not _alive(self.server_pid):  # the wrapper would wait for it for ever
+                raise MilvusServerUnavailable(
+                    f"milvus run standalone exited (logs: {self.data_dir / 'logs'})"
+                )
             if self.server_pid is not None and self._answers():
                 return
             time.sleep(1)
