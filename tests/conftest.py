@@ -7,6 +7,7 @@ The environment is set in ``pytest_configure``, before any test module imports t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -107,6 +108,8 @@ def milvus_server(tmp_root: Path) -> Iterator[MilvusServer]:
         pytest.skip(f"Milvus server unavailable: {exc}")
     yield server
     server.stop()
+    # The server unpacks its 250 MB of binaries into its data folder: do not leave them behind.
+    shutil.rmtree(server.root, ignore_errors=True)
 
 
 @dataclass
