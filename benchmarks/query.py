@@ -2,6 +2,7 @@
 recall of the configured index against exact search, at 10k and 100k indexed vectors.
 
     python benchmarks/query.py [--sizes 10000,100000] [--queries 200] [--index HNSW]
+    python benchmarks/query.py --milvus-uri http://HOST:19530 [--milvus-token root:PW] [--size N]
 
 The index holds the embeddings of real photos plus synthetic vectors drawn around them (noisy
 copies of real embeddings, so they cluster as real ones do). Queries are altered copies of
@@ -9,6 +10,9 @@ indexed photos, sent as ``ris search`` sends them: image bytes in a Celery task,
 searched by a worker, ids resolved to paths against Milvus. The baseline in the same run is
 exact (FLAT) search over the same vectors. The same queries are then sent to ``ris serve`` as
 ``POST /api/search?wait=true`` uploads, to show what the HTTP layer adds.
+
+With ``--milvus-uri`` it compares back ends instead (benchmarks/backends.py): the same
+``--size`` vectors in FLAT, IVF_FLAT and HNSW on that Milvus server and IVF_FLAT on Milvus Lite.
 """
 
 from __future__ import annotations
@@ -188,6 +192,43 @@ def recall_at(store: Any, all_vecs: np.ndarray, queries: np.ndarray, k: int) -> 
     )
 
 
+def compare_back_ends(args: argparse.Namespace) -> int:
+    """``--milvus-uri``: the server's indexes and Lite over the same vectors, store level."""
+    import tempfile
+
+    from benchmarks.backends import compare, table
+    from common.lite_server import stop_lite_server
+    from common.settings import Settings
+
+    print(f"machine: {machine()}")
+    real_paths = benchmark_images(1000)
+    query_files = [_query_file(p) for p in real_paths[: args.queries]]
+    real = real_embeddings(real_paths)
+    vectors = np.concatenate([real, synthetic(real, args.size - len(real))])
+    queries = real_embeddings(query_files)
+    lite_db = Path(tempfile.mkdtemp(prefix="ris-bench-")) / "lite.db"
+    try:
+        results = compare(
+            Settings(), args.milvus_uri, args.milvus_token, lite_db, vectors, queries, args.top_k
+        )
+    finally:
+        stop_lite_server(lite_db)
+    print()
+    print(f"{args.size:,} x {vectors.shape[1]}-d vectors, {len(queries)} queries, {machine()}")
+    print(table(results, args.top_k))
+    return 0
+
+
+def _query_file(path: Path) -> Path:
+    """The altered copy of ``path`` that stands for a user's query (made once)."""
+    qdir = Path("ris_data/bench/queries")
+    qdir.mkdir(parents=True, exist_ok=True)
+    target = qdir / path.name
+    if not target.exists():
+        target.write_bytes(altered(path))
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
@@ -196,20 +237,17 @@ def main() -> int:
     parser.add_argument("--index", default="IVF_FLAT", help="index under test (baseline: FLAT)")
     parser.add_argument("--index-params", default='{"nlist": 1024}')
     parser.add_argument("--search-params", default='{"nprobe": 32}')
+    parser.add_argument("--milvus-uri", help="compare this Milvus server with Milvus Lite")
+    parser.add_argument("--milvus-token", help="user:password of that server")
+    parser.add_argument("--size", type=int, default=100_000, help="vectors, with --milvus-uri")
     args = parser.parse_args()
+    if args.milvus_uri:
+        return compare_back_ends(args)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     print(f"machine: {machine()}")
     real_paths = benchmark_images(1000)
-    queries = real_paths[: args.queries]
-    qdir = Path("ris_data/bench/queries")
-    qdir.mkdir(parents=True, exist_ok=True)
-    query_files = []
-    for p in queries:
-        target = qdir / p.name
-        if not target.exists():
-            target.write_bytes(altered(p))
-        query_files.append(target)
+    query_files = [_query_file(p) for p in real_paths[: args.queries]]
 
     rows_out = []
     with LocalCluster() as cluster, api_server() as api_url:

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     # JSON; unset means INDEX_DEFAULTS for the index type.
     index_params: dict[str, Any] = Field(default_factory=dict)
     search_params: dict[str, Any] = Field(default_factory=dict)
+    # Consistency of searches on a Milvus server; unset, they see every acknowledged row
+    # (Strong: +~200 ms, the server's time tick). Bounded answers in ms from data up to a few
+    # seconds old. Milvus Lite ignores it.
+    search_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] | None = None
 
     # --- model -----------------------------------------------------------------------------
     model: str = "efficientnet-lite0"

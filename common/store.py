@@ -66,6 +66,10 @@ class CollectionNotFoundError(StoreError):
     """Reading a collection (search, info, delete) that does not exist: never created then."""
 
 
+class MilvusConnectError(ConnectionError):
+    """Milvus did not answer, or refused the credentials in RIS_MILVUS_TOKEN."""
+
+
 def path_id(path: str) -> int:
     """The row id for ``path``: a stable 63-bit hash of the absolute path or URL."""
     digest = hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest()
@@ -131,6 +135,16 @@ def foreign_store(task_store: str | None, settings: Settings) -> str | None:
     )
 
 
+def read_consistency(settings: Settings) -> str | None:
+    """The consistency level of reads that must see every acknowledged write.
+
+    A Milvus server answers Bounded reads (its default) from data up to seconds old, so a count
+    or a look-up right after an upsert would miss rows: there, such reads are Strong (they wait
+    for the next time tick, ~200 ms). Milvus Lite's reads already see every acknowledged write.
+    """
+    return None if settings.milvus_is_lite else "Strong"
+
+
 class ImageStore:
     """The image collection in Milvus for one model."""
 
@@ -149,6 +163,10 @@ class ImageStore:
                 f"collection {self.name!r} does not exist in Milvus at {settings.milvus_uri} "
                 f"(collections there: {', '.join(existing) or 'none'})"
             )
+        consistency = read_consistency(settings)
+        self._read: dict[str, Any] = {"consistency_level": consistency} if consistency else {}
+        search_level = consistency and (settings.search_consistency or consistency)
+        self._search: dict[str, Any] = {"consistency_level": search_level} if search_level else {}
         self._ensure_collection()
 
     # --- schema ----------------------------------------------------------------------------
@@ -252,6 +270,7 @@ class ImageStore:
             filter=f'path like "{stem[:cut]}%"',
             output_fields=["id", "path"],
             timeout=self.settings.milvus_timeout_s,
+            **self._read,
         )
         try:
             while batch := rows.next():
@@ -277,7 +296,10 @@ class ImageStore:
         for start in range(0, len(ids), _IN_BATCH):
             part = ids[start : start + _IN_BATCH]
             rows = self.client.query(
-                self.name, filter=f"id in {list(part)}", output_fields=["id", "sha256"]
+                self.name,
+                filter=f"id in {list(part)}",
+                output_fields=["id", "sha256"],
+                **self._read,
             )
             out.update({int(r["id"]): str(r["sha256"]) for r in rows})
         return out
@@ -293,6 +315,7 @@ class ImageStore:
             limit=top_k,
             search_params={"metric_type": self.settings.metric, "params": params},
             output_fields=[],
+            **self._search,
         )
         return [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in result]
 
@@ -302,14 +325,17 @@ class ImageStore:
         for start in range(0, len(ids), _IN_BATCH):
             part = [int(i) for i in ids[start : start + _IN_BATCH]]
             rows = self.client.query(
-                self.name, filter=f"id in {part}", output_fields=["id", *SCALAR_FIELDS]
+                self.name,
+                filter=f"id in {part}",
+                output_fields=["id", *SCALAR_FIELDS],
+                **self._read,
             )
             out.update({int(r["id"]): {k: r[k] for k in SCALAR_FIELDS} for r in rows})
         return out
 
     def count(self) -> int:
         """Number of rows (exact, counts unflushed rows too)."""
-        rows = self.client.query(self.name, filter="", output_fields=["count(*)"])
+        rows = self.client.query(self.name, filter="", output_fields=["count(*)"], **self._read)
         return int(rows[0]["count(*)"])
 
     def index(self) -> dict[str, Any]:
@@ -341,13 +367,24 @@ class BoundedClient:
         self._client = self._connect()
 
     def _connect(self) -> MilvusClient:
+        """Raises :class:`MilvusConnectError` (one line, naming the URI) when Milvus does not
+        answer or refuses the token; pymilvus's own multi-line error log is held back."""
         token = self.settings.milvus_token.get_secret_value() if self.settings.milvus_token else ""
         uri = milvus_uri(self.settings, self._create)
+        # pymilvus configures these two loggers apart, each with its own handler.
+        loggers = [logging.getLogger(n) for n in ("pymilvus", "pymilvus.milvus_client")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
         try:
             return MilvusClient(uri=uri, token=token)  # pymilvus waits 10 s to connect
-        except MilvusException as exc:
-            log.warning("Milvus at %s unreachable: %s", self.settings.milvus_uri, exc)
-            raise
+        except Exception as exc:
+            reason = _connect_failure(uri, exc)
+            log.warning("%s", reason)
+            raise MilvusConnectError(reason) from None
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
     def _lite_engine_gone(self) -> bool:
         from common.lite_server import engine_running
@@ -389,6 +426,18 @@ def milvus_client(settings: Settings, create: bool = True) -> Any:
     """A client of the configured Milvus (the shared Lite server, or a Milvus server), its
     calls bounded in time. Without ``create`` a missing Lite database is an error."""
     return BoundedClient(settings, create)
+
+
+def _connect_failure(uri: str, exc: Exception) -> str:
+    """One line saying why connecting to ``uri`` failed."""
+    import grpc
+
+    if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return f"Milvus at {uri} refused the credentials in RIS_MILVUS_TOKEN ({exc.details()})"
+    reason = getattr(exc, "message", "") or (
+        exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+    )
+    return f"cannot connect to Milvus at {uri}: {' '.join(str(reason).split())}"
 
 
 def drop_collection(settings: Settings, name: str | None = None) -> None:

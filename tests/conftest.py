@@ -7,16 +7,20 @@ The environment is set in ``pytest_configure``, before any test module imports t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from pydantic import SecretStr
 
 from tests.helpers import start_worker, stop_worker
+from tests.milvus_server import MilvusServer, MilvusServerUnavailable
 
 if TYPE_CHECKING:  # imported late: the Celery app must see the test environment
     from producer.client import Producer
@@ -93,3 +97,53 @@ def producer() -> Producer:
     from producer.client import Producer
 
     return Producer(get_settings())
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_root: Path) -> Iterator[MilvusServer]:
+    """A real Milvus standalone server (authorization on), or a skip saying why there is none."""
+    server = MilvusServer(tmp_root / "milvus-server")
+    try:
+        server.start()
+    except MilvusServerUnavailable as exc:
+        pytest.skip(f"Milvus server unavailable: {exc}")
+    yield server
+    server.stop()
+    # The server unpacks its 250 MB of binaries into its data folder: do not leave them behind.
+    shutil.rmtree(server.root, ignore_errors=True)
+
+
+@dataclass
+class Backend:
+    """One Milvus back end with its own worker: ``env`` points ris processes at it."""
+
+    name: str
+    env: dict[str, str]
+    producer: Producer
+
+
+@pytest.fixture(scope="module", params=["lite", "server"])
+def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]:
+    """Each test using it runs on Milvus Lite (the session's worker) and on a Milvus server
+    (a worker of its own, on another Redis database so the two workers share no queue)."""
+    from common.settings import get_settings
+    from producer.client import Producer
+    from tests.helpers import celery_app_for
+
+    if request.param == "lite":
+        request.getfixturevalue("worker")
+        yield Backend("lite", {}, request.getfixturevalue("producer"))
+        return
+    server: MilvusServer = request.getfixturevalue("milvus_server")
+    env = {**server.env(), "RIS_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/1"}
+    tmp_root: Path = request.getfixturevalue("tmp_root")
+    proc = start_worker("cpu", "cpu-server@%h", env=env, log=tmp_root / "worker-server.log")
+    settings = get_settings().model_copy(
+        update={
+            "redis_url": SecretStr(env["RIS_REDIS_URL"]),
+            "milvus_uri": server.uri,
+            "milvus_token": SecretStr(server.token),
+        }
+    )
+    yield Backend("server", env, Producer(settings, celery_app_for(env)))
+    stop_worker(proc)

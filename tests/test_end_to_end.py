@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from common.store import path_id
+from tests.conftest import Backend
 from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -31,19 +32,21 @@ def _altered_copies(photos: Path, dest: Path) -> dict[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def indexed(photos: Path) -> dict[str, object]:
-    """Ingest the photo folder once through the real CLI."""
-    proc = run_cli("ingest", str(photos), "--quiet", "--timeout", "600")
+def indexed(photos: Path, backend: Backend) -> dict[str, object]:
+    """Ingest the photo folder once per back end through the real CLI."""
+    proc = run_cli("ingest", str(photos), "--quiet", "--timeout", "600", env=backend.env)
     job = re.search(r"job (\w+): finished", proc.stdout)
     assert job, proc.stdout
     return {"job": job.group(1), "stdout": proc.stdout}
 
 
-def test_ingest_indexes_every_photo(indexed: dict[str, object], photos: Path, producer) -> None:
+def test_ingest_indexes_every_photo(
+    indexed: dict[str, object], photos: Path, backend: Backend
+) -> None:
     n = len(list(photos.iterdir()))
     assert n >= 20
     assert f"{n} indexed, 0 unchanged, 0 failed, 0 pending" in str(indexed["stdout"])
-    stored = producer.store.resolve([path_id(str(p)) for p in photos.iterdir()])
+    stored = backend.producer.store.resolve([path_id(str(p)) for p in photos.iterdir()])
     assert len(stored) == n
     for p in photos.iterdir():
         row = stored[path_id(str(p))]
@@ -54,12 +57,12 @@ def test_ingest_indexes_every_photo(indexed: dict[str, object], photos: Path, pr
 
 
 def test_every_photo_and_its_altered_copy_find_the_original(
-    indexed: dict[str, object], photos: Path, tmp_path: Path, producer
+    indexed: dict[str, object], photos: Path, tmp_path: Path, backend: Backend
 ) -> None:
     copies = _altered_copies(photos, tmp_path / "copies")
     queries = [str(p) for p in sorted(photos.iterdir())] + [str(c) for c in copies.values()]
     expected = [str(p) for p in sorted(photos.iterdir())] + [str(o) for o in copies]
-    results = producer.search(queries, top_k=5)
+    results = backend.producer.search(queries, top_k=5)
     for res, want in zip(results, expected, strict=True):
         assert res.error is None, res.error
         assert res.hits[0].path == want, (res.query, [h.path for h in res.hits])
@@ -69,12 +72,12 @@ def test_every_photo_and_its_altered_copy_find_the_original(
     assert results[0].hits[0].score == pytest.approx(1.0, abs=1e-3)
 
 
-def test_reingest_adds_no_rows(indexed: dict[str, object], photos: Path, producer) -> None:
-    before = producer.store.count()
-    proc = run_cli("ingest", str(photos), "--quiet", "--timeout", "600")
+def test_reingest_adds_no_rows(indexed: dict[str, object], photos: Path, backend: Backend) -> None:
+    before = backend.producer.store.count()
+    proc = run_cli("ingest", str(photos), "--quiet", "--timeout", "600", env=backend.env)
     n = len(list(photos.iterdir()))
     assert f"0 indexed, {n} unchanged, 0 failed" in proc.stdout
-    assert producer.store.count() == before
+    assert backend.producer.store.count() == before
 
 
 def test_changed_file_replaces_its_vector(tmp_path: Path, photos: Path, producer) -> None:
@@ -139,15 +142,15 @@ def test_job_reports_bad_files_and_indexes_the_rest(tmp_path: Path, photos: Path
 
 
 def test_search_no_wait_then_result_with_grid(
-    indexed: dict[str, object], photos: Path, tmp_path: Path
+    indexed: dict[str, object], photos: Path, tmp_path: Path, backend: Backend
 ) -> None:
     query = photos / "chelsea.png"
-    submitted = run_cli("search", str(query), "--no-wait").stdout.split()
+    submitted = run_cli("search", str(query), "--no-wait", env=backend.env).stdout.split()
     task_id = submitted[0]
     grid = tmp_path / "grid.png"
-    out = json.loads(run_cli("result", task_id, "--json").stdout)
+    out = json.loads(run_cli("result", task_id, "--json", env=backend.env).stdout)
     assert out[0]["hits"][0]["path"] == str(query)
-    run_cli("result", task_id, "--show", str(grid))
+    run_cli("result", task_id, "--show", str(grid), env=backend.env)
     with Image.open(grid) as img:
         assert img.width > 224 * 5 and img.height >= 224
 
@@ -162,18 +165,19 @@ def test_bad_query_image_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_delete_by_path_and_prefix(tmp_path: Path, photos: Path, producer) -> None:
+def test_delete_by_path_and_prefix(tmp_path: Path, photos: Path, backend: Backend) -> None:
     folder = tmp_path / "to_delete"
     folder.mkdir()
     for name in ("coins.png", "moon.png", "page.png"):
         shutil.copyfile(photos / name, folder / name)
-    run_cli("ingest", str(folder), "--quiet")
+    run_cli("ingest", str(folder), "--quiet", env=backend.env)
     ids = [path_id(str(p)) for p in folder.iterdir()]
-    assert len(producer.store.resolve(ids)) == 3
-    run_cli("delete", str(folder / "coins.png"))
-    assert len(producer.store.resolve(ids)) == 2
-    run_cli("delete", "--prefix", str(folder))
-    assert producer.store.resolve(ids) == {}
+    store = backend.producer.store
+    assert len(store.resolve(ids)) == 3
+    run_cli("delete", str(folder / "coins.png"), env=backend.env)
+    assert len(store.resolve(ids)) == 2
+    run_cli("delete", "--prefix", str(folder), env=backend.env)
+    assert store.resolve(ids) == {}
 
 
 def test_a_second_collection_is_indexed_and_searched_apart(
@@ -193,25 +197,30 @@ def test_a_second_collection_is_indexed_and_searched_apart(
 
 
 def test_a_query_that_fails_on_the_worker_is_reported_with_the_others(
-    indexed: dict[str, object], photos: Path
+    indexed: dict[str, object], photos: Path, backend: Backend
 ) -> None:
     """The worker refuses to search a collection built by another model: that query's error is
     shown, the query beside it is answered, and the exit status says something failed."""
-    from common.settings import get_settings
     from common.store import ImageStore
 
-    other = ImageStore(
-        get_settings().model_copy(update={"collection": "built_by_resnet"}), "resnet50", 2048
-    )
+    settings = backend.producer.settings.model_copy(update={"collection": "built_by_resnet"})
+    other = ImageStore(settings, "resnet50", 2048)
     try:
         out = run_cli(
-            "search", str(photos / "coffee.png"), "--collection", "built_by_resnet", check=False
+            "search",
+            str(photos / "coffee.png"),
+            "--collection",
+            "built_by_resnet",
+            check=False,
+            env=backend.env,
         )
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
         assert "error: search failed" in out.stdout and "resnet50" in out.stdout, out.stdout
     finally:
         other.drop()
-    both = run_cli("search", str(photos / "coffee.png"), str(photos / "nope.png"), check=False)
+    both = run_cli(
+        "search", str(photos / "coffee.png"), str(photos / "nope.png"), check=False, env=backend.env
+    )
     assert both.returncode == 1
     assert re.search(r"score=1\.0000 .*coffee\.png", both.stdout), both.stdout
     assert "nope.png" in both.stdout and "error:" in both.stdout

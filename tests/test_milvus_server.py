@@ -1,0 +1,107 @@
+"""What only a Milvus server has: authentication, and the HNSW and IVF_SQ8 indexes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from common.settings import Settings
+from common.store import ImageStore
+from tests.helpers import run_cli
+from tests.milvus_server import MilvusServer
+
+DIM = 1280
+ROWS = 6000
+QUERIES = 100
+TOP_K = 10
+
+
+def test_wrong_token_is_a_one_line_error_naming_the_uri(milvus_server: MilvusServer) -> None:
+    env = {**milvus_server.env(), "RIS_MILVUS_TOKEN": "root:not-the-password"}
+    proc = run_cli("info", env=env, check=False, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert milvus_server.uri in lines[0] and "RIS_MILVUS_TOKEN" in lines[0], lines[0]
+    # The right token opens the same server.
+    assert run_cli("info", env=milvus_server.env(), timeout=120).returncode == 0
+
+
+def _clustered_unit_vectors(rng: np.random.Generator, n: int, clusters: int) -> np.ndarray:
+    """Unit vectors around ``clusters`` centres: neighbourhoods like image embeddings have."""
+    centres = rng.standard_normal((clusters, DIM)).astype(np.float32)
+    points = centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, DIM))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _wait_indexed(store: ImageStore, rows: int, timeout: float = 180) -> None:
+    """Until Milvus reports every row in the vector index (not searched brute force)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        desc = store.client.describe_index(store.name, "vector")
+        if int(desc.get("indexed_rows", 0)) >= rows and int(desc.get("pending_index_rows", 0)) == 0:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"index of {store.name} not built in {timeout} s: {desc}")
+
+
+@pytest.mark.parametrize(
+    ("index_type", "index_params", "search_params"),
+    [
+        ("HNSW", None, None),  # the defaults of common/settings.py
+        ("IVF_SQ8", {"nlist": 128}, {"nprobe": 16}),  # RIS_INDEX_PARAMS / RIS_SEARCH_PARAMS
+    ],
+)
+def test_server_index_recall_at_10_against_exact_search(
+    milvus_server: MilvusServer,
+    index_type: str,
+    index_params: dict[str, int] | None,
+    search_params: dict[str, int] | None,
+) -> None:
+    """RIS_INDEX_TYPE builds that index on the server, with the parameters from settings, and
+    its top 10 agrees with exact (numpy) search on at least 95 % of the results."""
+    given = {"index_params": index_params, "search_params": search_params}
+    settings = Settings(
+        milvus_uri=milvus_server.uri,
+        milvus_token=milvus_server.token,
+        collection=f"recall_{index_type.lower()}_{uuid.uuid4().hex[:6]}",
+        index_type=index_type,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    rng = np.random.default_rng(7)
+    vectors = _clustered_unit_vectors(rng, ROWS, clusters=60)
+    store = ImageStore(settings, "synthetic", DIM)
+    try:
+        for start in range(0, ROWS, 1000):
+            store.upsert(
+                [
+                    {"id": i, "vector": vectors[i], "path": f"/v/{i}", "sha256": "0" * 64}
+                    | {"width": 1, "height": 1, "ingested_at": 0}
+                    for i in range(start, min(start + 1000, ROWS))
+                ]
+            )
+        store.flush()
+        _wait_indexed(store, ROWS)
+        info = store.index()
+        assert info["index_type"] == index_type
+        assert {k: int(v) for k, v in info["params"].items() if k in settings.index_params} == (
+            settings.index_params
+        )
+
+        picks = rng.choice(ROWS, QUERIES, replace=False)
+        queries = vectors[picks] + 0.3 * rng.standard_normal((QUERIES, DIM)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :TOP_K]
+        found = store.search(queries, TOP_K)
+        overlap = [
+            len({i for i, _ in hits} & set(truth)) for hits, truth in zip(found, exact, strict=True)
+        ]
+        recall = sum(overlap) / (QUERIES * TOP_K)
+        print(f"{index_type} {settings.index_params} {settings.search_params}: recall@10 {recall}")
+        assert recall >= 0.95, f"{index_type} recall@10 {recall:.3f}"
+    finally:
+        store.drop()
+        store.close()
