@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from common import decode_pool
-from common.decode_pool import load_in_processes
 from common.inference import InferenceEngine, get_engine
 from common.loading import Item, Loaded, load
 from common.models import get_spec
@@ -65,7 +64,7 @@ class LoadOp:
     def __call__(self, group: Sequence[Item]) -> list[Loaded]:
         s = self.settings
         if s.decode_processes:
-            return load_in_processes(group, s, self.size, s.decode_processes)
+            return decode_pool.load_in_processes(group, s, self.size, s.decode_processes)
         return list(_decode_threads(s.decode_threads).map(lambda i: load(i, s, self.size), group))
 
 
