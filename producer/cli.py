@@ -138,21 +138,50 @@ def _show_results(results: list[Any], args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def _search_filter(args: argparse.Namespace) -> Any:
+    from common.filters import SearchFilter
+
+    return SearchFilter.build(
+        args.under, args.ingested_after, args.ingested_before, args.min_width, args.min_height
+    )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from producer.batch import write_results_csv
     from producer.client import QueryError, QueryResult
+    from producer.inputs import expand_inputs
 
     producer = _producer()
     top_k = args.top_k or get_settings().top_k
+    filters = _search_filter(args)
+    images = list(expand_inputs(args.images))  # a folder of queries is walked
     if args.no_wait:
-        for path in args.images:
+        for path in images:
             try:
-                print(f"{producer.submit_query(path, top_k, args.queue, args.collection)}  {path}")
+                task = producer.submit_query(path, top_k, args.queue, args.collection, filters)
+                print(f"{task}  {path}")
             except QueryError as exc:
                 print(f"error: {exc}", file=sys.stderr)
         return 0
-    results: list[QueryResult] = producer.search(
-        args.images, top_k, args.queue, args.timeout, args.collection
-    )
+    with tqdm(total=len(images), unit="query", disable=len(images) < 2 or not args.out) as bar:
+        results: list[QueryResult] = producer.search(
+            images,
+            top_k,
+            args.queue,
+            args.timeout,
+            args.collection,
+            filters,
+            on_result=lambda _: bar.update(),
+        )
+    if args.out:
+        rows = write_results_csv(results, args.out)
+        failed = [r for r in results if r.error]
+        print(f"{len(results)} queries, {rows} matches written to {args.out}")
+        for r in failed[:20]:
+            print(f"  FAILED {r.query}: {r.error}")
+        return 1 if failed else 0
     return _show_results(results, args)
 
 
@@ -348,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", metavar="GRID.png", help="draw the query and matches to a picture")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--out", metavar="RESULTS.csv", help="write query,rank,score,match rows")
+    p.add_argument("--under", metavar="DIR", help="only matches under this folder")
+    p.add_argument("--ingested-after", metavar="ISO", help="only matches indexed at/after")
+    p.add_argument("--ingested-before", metavar="ISO", help="only matches indexed before")
+    p.add_argument("--min-width", type=int, metavar="PX", help="only matches at least this wide")
+    p.add_argument("--min-height", type=int, metavar="PX", help="only matches this tall or more")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("result", help="fetch the results of query tasks submitted earlier")
@@ -441,12 +476,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from common.filters import FilterError
         from common.lite_server import LiteServerError
         from common.store import StoreError
         from producer.evaluation import DatasetError
 
         if isinstance(
-            exc, (StoreError, LiteServerError, TimeoutError, ConnectionError, DatasetError)
+            exc,
+            (StoreError, LiteServerError, TimeoutError, ConnectionError, DatasetError, FilterError),
         ):
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from common.filters import FilterError, SearchFilter
 from common.images import ImageError
 from common.settings import Settings
 from common.sources import SourceError
@@ -138,9 +139,22 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         collection: Collection = None,
         queue: str | None = None,
         wait: bool = False,
+        under: Annotated[str | None, Form(description="only matches under this folder")] = None,
+        ingested_after: Annotated[
+            str | None, Form(description="ISO date: indexed at/after")
+        ] = None,
+        ingested_before: Annotated[str | None, Form(description="ISO date: indexed before")] = None,
+        min_width: Annotated[int | None, Form(ge=0)] = None,
+        min_height: Annotated[int | None, Form(ge=0)] = None,
     ) -> TaskOut:
         if (file is None) == (source is None):
             raise HTTPException(422, "give exactly one of: an uploaded file, a source path/URL")
+        try:
+            filters = SearchFilter.build(
+                under, ingested_after, ingested_before, min_width, min_height
+            )
+        except FilterError as exc:
+            raise HTTPException(422, f"bad filter: {exc}") from None
         target_queue = queue_of(queue)
         if file is not None:
             name = f"upload:{file.filename or 'image'}"
@@ -167,7 +181,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
             raise HTTPException(415, f"not a usable image: {exc}") from None
         try:
             task_id = producer.submit_query_bytes(
-                name, data, top_k, target_queue, collection or settings.collection
+                name, data, top_k, target_queue, collection or settings.collection, filters
             )
         except QueryError as exc:
             raise HTTPException(413, str(exc)) from None

@@ -1,0 +1,139 @@
+"""Keeping an index in step with a library (issue 13), on real parts: search filters with
+hostile folder names, batch queries to CSV, `ris sync`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+# Folder names a LIKE pattern or a naive string splice gets wrong: "50%_off" as a LIKE
+# pattern also matches "5000_off"; "dir" as a prefix also matches "dir2"; quotes and
+# backslashes end or escape a string literal.
+HOSTILE = ['quo"te', "it's", "50%_off", "5000_off", "back\\slash", "back", "dir", "dir2", "a_b"]
+
+
+def _collection_env() -> dict[str, str]:
+    return {"RIS_COLLECTION": f"lib_{uuid.uuid4().hex[:8]}"}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_root: Path, photos: Path) -> dict[str, object]:
+    """Two photos in each hostile folder, indexed in a collection of their own."""
+    root = tmp_root / "library"
+    originals = sorted(photos.iterdir())
+    for n, name in enumerate(HOSTILE):
+        (root / name).mkdir(parents=True)
+        for src in originals[2 * n : 2 * n + 2]:
+            shutil.copy(src, root / name / src.name)
+    env = _collection_env()
+    run_cli("ingest", str(root), "--quiet", "--timeout", "600", env=env)
+    return {"root": root, "env": env}
+
+
+def _search_json(query: Path, env: dict[str, str], *extra: str) -> list[dict[str, object]]:
+    proc = run_cli("search", str(query), "--top-k", "100", "--json", *extra, env=env)
+    [result] = json.loads(proc.stdout)
+    assert result["error"] is None, result
+    return list(result["hits"])
+
+
+def test_under_matches_exactly_the_folder_with_hostile_names(library: dict[str, object]) -> None:
+    root, env = Path(str(library["root"])), dict(library["env"])  # type: ignore[call-overload]
+    query = next((root / "dir").iterdir())
+    everything = _search_json(query, env)
+    assert len(everything) == 2 * len(HOSTILE)
+    for name in HOSTILE:
+        hits = _search_json(query, env, "--under", str(root / name))
+        assert sorted(h["path"] for h in hits) == sorted(str(p) for p in (root / name).iterdir()), (
+            name
+        )
+
+
+def test_min_size_and_ingested_dates_filter(library: dict[str, object]) -> None:
+    root, env = Path(str(library["root"])), dict(library["env"])  # type: ignore[call-overload]
+    files = sorted(p for d in root.iterdir() for p in d.iterdir())
+    widths = {str(p): Image.open(p).width for p in files}
+    cut = sorted(widths.values())[len(widths) // 2]
+    hits = _search_json(files[0], env, "--min-width", str(cut))
+    assert sorted(h["path"] for h in hits) == sorted(p for p, w in widths.items() if w >= cut)
+    assert _search_json(files[0], env, "--ingested-after", "2999-01-01") == []
+    assert len(_search_json(files[0], env, "--ingested-before", "2999-01-01T00:00:00")) == len(
+        files
+    )
+    assert _search_json(files[0], env, "--ingested-before", "2000-01-01") == []
+
+
+def test_bad_filter_is_one_clear_line(library: dict[str, object], photos: Path) -> None:
+    env = dict(library["env"])  # type: ignore[call-overload]
+    query = str(next(photos.iterdir()))
+    proc = run_cli("search", query, "--ingested-after", "yesterday", env=env, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: not an ISO date or date-time: 'yesterday'"
+    proc = run_cli("search", query, "--under", "a\nb", env=env, check=False)
+    assert proc.returncode == 1 and "line break" in proc.stderr, proc.stderr
+
+
+def test_api_search_takes_the_same_filters(library: dict[str, object], tmp_path: Path) -> None:
+    from tests.test_api import start_server
+
+    root, env = Path(str(library["root"])), dict(library["env"])  # type: ignore[call-overload]
+    server = start_server("127.0.0.1", tmp_path / "api.log", env)
+    try:
+        query = next((root / "50%_off").iterdir())
+        with open(query, "rb") as fh:
+            response = server.call(
+                "POST",
+                "/api/search?wait=true&top_k=100",
+                files={"file": ("q.png", fh.read())},
+                data={"under": str(root / "50%_off"), "min_width": "1"},
+            )
+        assert response.status_code == 200, response.text
+        paths = sorted(h["path"] for h in response.json()["hits"])
+        assert paths == sorted(str(p) for p in (root / "50%_off").iterdir())
+        response = server.call(
+            "POST",
+            "/api/search",
+            files={"file": ("q.png", query.read_bytes())},
+            data={"ingested_after": "not a date"},
+        )
+        assert response.status_code == 422 and "not an ISO date" in response.text
+    finally:
+        server.stop()
+
+
+def test_batch_queries_write_a_csv(library: dict[str, object], tmp_path: Path) -> None:
+    root, env = Path(str(library["root"])), dict(library["env"])  # type: ignore[call-overload]
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for p in sorted((root / "dir").iterdir()) + sorted((root / 'quo"te').iterdir()):
+        shutil.copy(p, queries / p.name)
+    (queries / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "results.csv"
+    proc = run_cli("search", str(queries), "--top-k", "3", "--out", str(out), env=env, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # one query failed, and says so
+    assert "broken.jpg" in proc.stdout
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_query: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_query.setdefault(os.path.basename(row["query"]), []).append(row)
+    assert len(by_query) == 5
+    assert by_query["broken.jpg"][0]["error"] and not by_query["broken.jpg"][0]["match"]
+    for name, matches in by_query.items():
+        if name == "broken.jpg":
+            continue
+        assert [m["rank"] for m in matches] == ["1", "2", "3"]
+        # Each query is a copy of an indexed photo: that photo comes first.
+        assert os.path.basename(matches[0]["match"]) == name
+        assert float(matches[0]["score"]) == pytest.approx(1.0, abs=1e-3)
