@@ -94,6 +94,41 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from producer.sync import describe, plan_sync, stat_note
+
+    producer = _producer()
+    store = producer.store_for(args.collection, create=True)
+    plan = plan_sync(store, args.roots)
+    print(f"sync: {describe(plan)}", flush=True)
+    if note := stat_note(plan):
+        print(f"note: {note}", file=sys.stderr)
+    if args.dry_run:
+        for label, paths in (("new", plan.new), ("changed", plan.changed)):
+            for path in paths[:20]:
+                print(f"  {label} {path}")
+        for path in list(plan.gone.values())[:20]:
+            print(f"  gone {path}")
+        return 0
+    deleted = store.delete_ids(plan.gone) if plan.gone else 0
+    print(f"deleted {deleted} row(s) of files gone", flush=True)
+    if not plan.to_index:
+        return 0
+    job_id = producer.ingest(plan.to_index, queue=args.queue, collection=args.collection)
+    print(f"job {job_id}: {len(plan.to_index)} paths enqueued", flush=True)
+    with tqdm(total=len(plan.to_index), unit="img", disable=args.quiet) as bar:
+        progress = producer.wait(
+            job_id,
+            timeout_s=args.timeout,
+            on_progress=lambda p: bar.update(p.processed - bar.n),
+        )
+    _print_progress_line(progress)
+    _print_failures(producer.failures(job_id))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     producer = _producer()
     try:
@@ -360,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
+    p = sub.add_parser("sync", help="index new and changed files under folders, drop rows gone")
+    p.add_argument("roots", nargs="+", metavar="ROOT")
+    p.add_argument("--dry-run", action="store_true", help="only report what would change")
+    p.add_argument("--queue", default=queues[0], choices=queues)
+    p.add_argument("--collection", help="sync this collection (default RIS_COLLECTION)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sync)
+
     p = sub.add_parser("status", help="progress and failures of an ingest job")
     p.add_argument("job")
     p.add_argument("--failures", action="store_true", help="list every failure")
@@ -480,10 +524,19 @@ def main(argv: list[str] | None = None) -> int:
         from common.lite_server import LiteServerError
         from common.store import StoreError
         from producer.evaluation import DatasetError
+        from producer.sync import SyncError
 
         if isinstance(
             exc,
-            (StoreError, LiteServerError, TimeoutError, ConnectionError, DatasetError, FilterError),
+            (
+                StoreError,
+                LiteServerError,
+                TimeoutError,
+                ConnectionError,
+                DatasetError,
+                FilterError,
+                SyncError,
+            ),
         ):
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import run_cli
+from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -137,3 +137,76 @@ def test_batch_queries_write_a_csv(library: dict[str, object], tmp_path: Path) -
         # Each query is a copy of an indexed photo: that photo comes first.
         assert os.path.basename(matches[0]["match"]) == name
         assert float(matches[0]["score"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def _counts(stdout: str) -> str:
+    line = next(x for x in stdout.splitlines() if x.startswith("sync: "))
+    return line.removeprefix("sync: ")
+
+
+def _rows(env: dict[str, str]) -> int:
+    proc = run_cli("info", env=env)
+    return int(json.loads(proc.stdout)["rows"])
+
+
+def test_sync_indexes_new_and_changed_and_deletes_gone(tmp_path: Path, photos: Path) -> None:
+    env = _collection_env()
+    originals = sorted(photos.iterdir())
+    root = tmp_path / "lib%_a"  # a LIKE pattern would also match its sibling "libXYa"
+    sibling = tmp_path / "libXYa"
+    for folder, srcs in ((root, originals[:5]), (sibling, originals[5:7])):
+        folder.mkdir()
+        for src in srcs:
+            shutil.copy(src, folder / src.name)
+    run_cli("ingest", str(sibling), "--quiet", env=env)
+    proc = run_cli("sync", str(root), "--quiet", env=env)
+    assert _counts(proc.stdout) == "5 new, 0 changed, 0 unchanged, 0 gone"
+    assert "5 indexed, 0 unchanged, 0 failed" in proc.stdout
+    assert _counts(run_cli("sync", str(root), env=env).stdout) == (
+        "0 new, 0 changed, 5 unchanged, 0 gone"
+    )
+
+    files = sorted(root.iterdir())
+    files[0].unlink()  # gone
+    shutil.copy(originals[9], files[1])  # changed content, same name
+    os.utime(files[2], ns=(files[2].stat().st_atime_ns, files[2].stat().st_mtime_ns + 10**9))
+    shutil.copy(originals[10], root / "added.png")  # new
+    (sibling / originals[5].name).unlink()  # outside the root: its row must stay
+
+    proc = run_cli("sync", str(root), "--dry-run", env=env)
+    assert _counts(proc.stdout) == "1 new, 2 changed, 2 unchanged, 1 gone"
+    assert f"gone {files[0]}" in proc.stdout
+    assert _rows(env) == 7  # a dry run changes nothing
+
+    proc = run_cli("sync", str(root), "--quiet", env=env)
+    assert _counts(proc.stdout) == "1 new, 2 changed, 2 unchanged, 1 gone"
+    # The touched file has the same content: not re-embedded, only its stat refreshed.
+    assert "2 indexed, 1 unchanged, 0 failed" in proc.stdout
+    assert _rows(env) == 7 - 1 + 1
+    hits = _search_json(originals[9], env, "--under", str(root))
+    assert hits[0]["path"] == str(files[1])
+    assert _counts(run_cli("sync", str(root), env=env).stdout) == (
+        "0 new, 0 changed, 5 unchanged, 0 gone"
+    )
+
+
+@pytest.mark.skipif(not WORKERS_HONOUR_PERMISSIONS, reason="workers run as root with all caps")
+def test_worker_skips_a_file_whose_size_and_mtime_match(tmp_path: Path, photos: Path) -> None:
+    env = _collection_env()
+    folder = tmp_path / "stat"
+    folder.mkdir()
+    src = sorted(photos.iterdir())[0]
+    shutil.copy(src, folder / src.name)
+    run_cli("ingest", str(folder), "--quiet", env=env)
+    (folder / src.name).chmod(0)  # unreadable now, but size and mtime unchanged
+    try:
+        proc = run_cli("ingest", str(folder), "--quiet", env=env)
+        assert "0 indexed, 1 unchanged, 0 failed" in proc.stdout, proc.stdout
+    finally:
+        (folder / src.name).chmod(0o644)
+
+
+def test_sync_refuses_a_missing_root(tmp_path: Path) -> None:
+    proc = run_cli("sync", str(tmp_path / "unmounted"), env=_collection_env(), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {tmp_path / 'unmounted'}: not a folder (nothing synced)"
