@@ -355,6 +355,32 @@ class ImageStore:
             rows.close()
         return found
 
+    def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """``id -> vector`` of the given ids that exist."""
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(ids), _IN_BATCH):
+            part = [int(i) for i in ids[start : start + _IN_BATCH]]
+            rows = self.client.query(self.name, filter=f"id in {part}", output_fields=["vector"])
+            out.update({int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows})
+        return out
+
+    def ids(self, expression: str = "") -> list[int]:
+        """Every id matching ``expression`` (built by :mod:`common.filters`; "" for all)."""
+        found: list[int] = []
+        rows = self.client.query_iterator(
+            self.name,
+            batch_size=_IN_BATCH * 10,
+            filter=expression or "id >= 0",  # ids are 63-bit: never negative
+            output_fields=["id"],
+            timeout=self.settings.milvus_timeout_s,
+        )
+        try:
+            while batch := rows.next():
+                found.extend(int(r["id"]) for r in batch)
+        finally:
+            rows.close()
+        return found
+
     def search(
         self, vectors: np.ndarray, top_k: int, expression: str = ""
     ) -> list[list[tuple[int, float]]]:

@@ -129,6 +129,39 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from common.filters import SearchFilter
+    from producer.duplicates import find_duplicates, write_groups
+
+    producer = _producer()
+    threshold = get_settings().duplicates_threshold if args.threshold is None else args.threshold
+    filters = SearchFilter.build(under=args.under) if args.under else None
+    with tqdm(unit="slice", disable=args.quiet) as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        found = find_duplicates(
+            producer, threshold, filters, args.queue, args.collection, args.timeout, update
+        )
+    print(
+        f"{len(found.groups)} groups ({sum(map(len, found.groups))} images) among "
+        f"{found.images} images at score >= {threshold:g}"
+    )
+    if args.out:
+        write_groups(found, args.out)
+        print(f"groups written to {args.out}")
+    else:
+        for n, group in enumerate(found.groups, 1):
+            print(f"group {n}:")
+            for path in group:
+                print(f"  {path}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     producer = _producer()
     try:
@@ -403,6 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("duplicates", help="groups of near-duplicate images in the collection")
+    p.add_argument("--threshold", type=float, help="score for a pair (RIS_DUPLICATES_THRESHOLD)")
+    p.add_argument("--under", metavar="DIR", help="only images under this folder")
+    p.add_argument("--out", metavar="GROUPS.csv|json", help="write the groups to a file")
+    p.add_argument("--queue", default=queues[0], choices=queues)
+    p.add_argument("--collection", help="this collection (default RIS_COLLECTION)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per slice at most")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_duplicates)
 
     p = sub.add_parser("status", help="progress and failures of an ingest job")
     p.add_argument("job")

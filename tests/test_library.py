@@ -210,3 +210,57 @@ def test_sync_refuses_a_missing_root(tmp_path: Path) -> None:
     proc = run_cli("sync", str(tmp_path / "unmounted"), env=_collection_env(), check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {tmp_path / 'unmounted'}: not a folder (nothing synced)"
+
+
+def test_duplicates_groups_generated_copies_among_distractors(tmp_path: Path, photos: Path) -> None:
+    from PIL import ImageOps
+
+    env = _collection_env()
+    root = tmp_path / "dups"
+    root.mkdir()
+    srcs = sorted(photos.iterdir())
+    expected = []
+    for src in srcs[:3]:  # originals, each with three altered copies
+        with Image.open(src) as img:
+            rgb = ImageOps.exif_transpose(img).convert("RGB")
+        group = [root / f"{src.stem}.png", root / f"{src.stem}_small.jpg"]
+        group += [root / f"{src.stem}_q20.jpg", root / f"{src.stem}_flip.jpg"]
+        rgb.save(group[0])
+        rgb.resize((rgb.width // 2, rgb.height // 2)).save(group[1], quality=85)
+        rgb.save(group[2], quality=20)
+        ImageOps.mirror(rgb).save(group[3], quality=85)
+        expected.append(sorted(map(str, group)))
+    for src in srcs[3:]:  # distractors: every other photo, once
+        shutil.copy(src, root / src.name)
+    outside = tmp_path / "outside"  # a copy outside --under: not part of any group
+    outside.mkdir()
+    shutil.copy(srcs[0], outside / srcs[0].name)
+    run_cli("ingest", str(root), str(outside), "--quiet", env=env)
+
+    out = tmp_path / "groups.json"
+    proc = run_cli("duplicates", "--under", str(root), "--out", str(out), "--quiet", env=env)
+    assert proc.stdout.startswith("3 groups (12 images) among "), proc.stdout
+    assert sorted(json.loads(out.read_text())) == sorted(expected)
+
+    # Without --under, the copy outside joins its group; CSV output.
+    out = tmp_path / "groups.csv"
+    run_cli("duplicates", "--out", str(out), "--quiet", env=env)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row["path"])
+    assert sorted(map(sorted, groups.values())) == sorted(
+        sorted([*g, str(outside / srcs[0].name)])
+        if g[0].startswith(str(root / srcs[0].stem))
+        else g
+        for g in expected
+    )
+
+
+def test_union_find_joins_transitively() -> None:
+    from common.duplicates import group_pairs, pair_set
+
+    groups = group_pairs([(1, 2, 0.9), (3, 4, 0.9), (2, 5, 0.95), (6, 6, 1.0)])
+    assert groups == [[1, 2, 5], [3, 4]]
+    assert pair_set(groups) == {(1, 2), (1, 5), (2, 5), (3, 4)}

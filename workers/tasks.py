@@ -14,11 +14,13 @@ from functools import lru_cache
 from typing import Any
 
 import grpc
+import numpy as np
 from celery import Task
 from celery.signals import worker_process_init
 from pymilvus.exceptions import MilvusException
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app
+from common.duplicates import DUPLICATES_TASK, pairs_of
 from common.filters import FilterError, SearchFilter
 from common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
 from common.loading import file_stat
@@ -241,3 +243,50 @@ def search(
             "search": round((done - embedded) * 1000, 2),
         },
     }
+
+
+@app.task(
+    name=DUPLICATES_TASK,
+    autoretry_for=(MilvusException, ConnectionError),
+    retry_backoff=1,
+    max_retries=3,
+)
+def duplicates_slice(
+    ids: list[int],
+    threshold: float,
+    top_k: int,
+    collection: str | None = None,
+    milvus: str | None = None,
+    filters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Search the vectors of ``ids`` (one slice of the collection) against the rows matching
+    ``filters`` and return the pairs scoring ``threshold`` or more: ``[a, b, score]``, a < b."""
+    ctx = context()
+    if refused := foreign_store(milvus, ctx.settings):
+        return {"error": refused.replace("not indexed", "not searched")}
+    if ctx.settings.metric == "L2":
+        return {"error": "duplicates need an IP or COSINE collection (higher score: closer)"}
+    try:
+        expression = SearchFilter.from_task(filters).expression()
+    except (FilterError, TypeError) as exc:
+        return {"error": f"bad filter: {exc}"}
+    started = time.perf_counter()
+    pairs: set[tuple[int, int, float]] = set()
+    try:
+        store = ctx.stores.get(collection, create=False)
+        vectors = store.vectors(ids)
+        found = list(vectors)
+        for start in range(0, len(found), ctx.settings.duplicates_search_batch):
+            part = found[start : start + ctx.settings.duplicates_search_batch]
+            hits = store.search(np.stack([vectors[i] for i in part]), top_k, expression)
+            pairs.update(pairs_of(part, hits, threshold))
+    except RETRYABLE:
+        ctx.stores.forget()
+        raise
+    log.info(
+        "duplicates: slice of %d: %d pairs in %.2fs",
+        len(ids),
+        len(pairs),
+        time.perf_counter() - started,
+    )
+    return {"pairs": sorted(pairs), "searched": len(found)}
