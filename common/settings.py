@@ -151,7 +151,7 @@ class Settings(BaseSettings):
 
     # --- near duplicates (ris duplicates) -----------------------------------------------------
     # Pairs scoring this or more are near duplicates (IP/COSINE; benchmarks/duplicates.py).
-    duplicates_threshold: float = Field(0.8, ge=-1.0, le=1.0)
+    duplicates_threshold: float = Field(0.65, ge=-1.0, le=1.0)
     # Ids per worker task (a worker holds this many vectors), and queries per Milvus search.
     duplicates_slice: int = Field(2000, ge=1)
     duplicates_search_batch: int = Field(100, ge=1)
