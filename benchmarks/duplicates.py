@@ -1,6 +1,7 @@
 """Near-duplicate groups: pair precision and recall on generated copies, and the time taken.
 
     python benchmarks/duplicates.py [--originals 12] [--thresholds 0.6,0.7,0.8,0.9]
+    python benchmarks/duplicates.py --existing DB.db:COLLECTION   # time and memory at scale
 
 Originals are photos scikit-image and scikit-learn ship; each gets the copies ``ris eval
 --near-duplicates`` makes (crop, resize, JPEG q=15, blur, rotate, colour shift, flip, text
@@ -12,6 +13,7 @@ original (the original and a copy, or two copies); a found pair is two images in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -26,10 +28,54 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--originals", type=int, default=12)
     parser.add_argument("--thresholds", default="0.5,0.6,0.7,0.75,0.8,0.85,0.9")
+    parser.add_argument(
+        "--existing",
+        metavar="DB:COLLECTION",
+        help="time `ris duplicates` over an existing Milvus Lite collection (e.g. the 100k "
+        "rows benchmarks/library.py leaves) with two worker processes, and their peak memory",
+    )
     args = parser.parse_args()
+    if args.existing:
+        with LocalCluster() as cluster:
+            return at_scale(cluster, *args.existing.rsplit(":", 1))
 
     with LocalCluster() as cluster:  # first: the Celery app must see its Redis
         return run(cluster, args)
+
+
+def at_scale(cluster: LocalCluster, db: str, collection: str) -> int:
+    import threading
+
+    from benchmarks.harness import rss_mib
+
+    cluster.new_collection(RIS_MILVUS_URI=db, RIS_COLLECTION=collection)
+    cluster.start_workers(1, concurrency=2)
+    from common.settings import get_settings
+    from producer.client import Producer
+    from producer.duplicates import find_duplicates
+
+    producer = Producer(get_settings())
+    pids = cluster.worker_pids()
+    peak = dict.fromkeys(pids, 0.0)
+    done = threading.Event()
+
+    def watch() -> None:  # VmHWM of a pool process counts its model load too
+        while not done.wait(1.0):
+            for pid in pids:
+                peak[pid] = max(peak[pid], rss_mib(pid)[0])
+
+    threading.Thread(target=watch, daemon=True).start()
+    started = time.perf_counter()
+    found = find_duplicates(producer, get_settings().duplicates_threshold)
+    took = time.perf_counter() - started
+    done.set()
+    producer_peak = rss_mib(os.getpid())[1]
+    print(
+        f"machine: {machine()}; {found.images} images, {len(found.groups)} groups, "
+        f"{found.pairs} pairs in {took:.1f} s with 2 worker processes; peak RSS MiB: "
+        f"workers {', '.join(f'{v:.0f}' for v in peak.values())}, producer {producer_peak:.0f}"
+    )
+    return 0
 
 
 def run(cluster: LocalCluster, args: argparse.Namespace) -> int:

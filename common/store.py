@@ -26,6 +26,12 @@ from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Milvus Lite never returns the timestamp a query iterator asks for, and pymilvus warns on
+# every iterator (so on every `ris sync`): the client-side timestamp it falls back to is fine.
+logging.getLogger("pymilvus.orm.iterator").addFilter(
+    lambda record: "failed to get mvccTs" not in record.getMessage()
+)
+
 MAX_PATH_LENGTH = 4096
 SCALAR_FIELDS = ("path", "sha256", "width", "height", "ingested_at")
 # The file's size and mtime when it was read: `ris sync` and the workers skip a file whose
@@ -229,6 +235,8 @@ class ImageStore:
         """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery."""
         if not self.has_stat_fields:
             rows = [{k: v for k, v in r.items() if k not in STAT_FIELDS} for r in rows]
+        else:  # a row without its file's stat (a URL, a caller that has none): -1, never skipped
+            rows = [dict.fromkeys(STAT_FIELDS, -1) | r for r in rows]
         if rows:
             self.client.upsert(self.name, [_plain(r) for r in rows])
 
