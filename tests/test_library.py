@@ -264,3 +264,47 @@ def test_union_find_joins_transitively() -> None:
     groups = group_pairs([(1, 2, 0.9), (3, 4, 0.9), (2, 5, 0.95), (6, 6, 1.0)])
     assert groups == [[1, 2, 5], [3, 4]]
     assert pair_set(groups) == {(1, 2), (1, 5), (2, 5), (3, 4)}
+
+
+def test_sync_on_a_collection_created_before_the_stat_fields(tmp_path: Path, photos: Path) -> None:
+    from pymilvus import DataType
+
+    from common.models import get_spec
+    from common.settings import get_settings
+    from common.store import milvus_client
+
+    env = _collection_env()
+    settings = get_settings()
+    spec = get_spec(settings.model)
+    client = milvus_client(settings)
+    # The schema as it was before size and mtime_ns.
+    schema = client.create_schema(
+        auto_id=False,
+        description=json.dumps({"model": spec.name, "dim": spec.dim, "metric": settings.metric}),
+    )
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dim)
+    schema.add_field("path", DataType.VARCHAR, max_length=4096)
+    schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+    schema.add_field("width", DataType.INT32)
+    schema.add_field("height", DataType.INT32)
+    schema.add_field("ingested_at", DataType.INT64)
+    client.create_collection(env["RIS_COLLECTION"], schema=schema)
+    client.close()
+
+    root = tmp_path / "old"
+    root.mkdir()
+    for src in sorted(photos.iterdir())[:3]:
+        shutil.copy(src, root / src.name)
+    proc = run_cli("sync", str(root), "--quiet", env=env)
+    assert _counts(proc.stdout) == "3 new, 0 changed, 0 unchanged, 0 gone"
+    assert "3 indexed, 0 unchanged, 0 failed" in proc.stdout
+    proc = run_cli("sync", str(root), "--quiet", env=env)
+    # No stored stat: every file goes to the workers, which hash it and find it unchanged.
+    assert _counts(proc.stdout) == "0 new, 3 changed, 0 unchanged, 0 gone"
+    assert "0 indexed, 3 unchanged, 0 failed" in proc.stdout
+    assert "`ris drop --yes` and ingest again" in proc.stderr
+    (root / sorted(photos.iterdir())[0].name).unlink()
+    proc = run_cli("sync", str(root), "--quiet", env=env)
+    assert _counts(proc.stdout) == "0 new, 2 changed, 0 unchanged, 1 gone"
+    assert _rows(env) == 2
