@@ -308,3 +308,37 @@ def test_sync_on_a_collection_created_before_the_stat_fields(tmp_path: Path, pho
     proc = run_cli("sync", str(root), "--quiet", env=env)
     assert _counts(proc.stdout) == "0 new, 2 changed, 0 unchanged, 1 gone"
     assert _rows(env) == 2
+
+
+def test_api_sync(tmp_path: Path, photos: Path) -> None:
+    from tests.test_api import start_server, wait_job
+
+    env = _collection_env() | {"RIS_ALLOWED_ROOTS": str(tmp_path)}
+    root = tmp_path / "api sync"
+    root.mkdir()
+    for src in sorted(photos.iterdir())[:3]:
+        shutil.copy(src, root / src.name)
+    server = start_server("127.0.0.1", tmp_path / "api.log", env)
+    try:
+        dry = server.call("POST", "/api/sync", json={"roots": [str(root)], "dry_run": True})
+        assert dry.status_code == 200, dry.text
+        assert dry.json() | {"job": None} == {
+            "new": 3, "changed": 0, "unchanged": 0, "deleted": 0, "gone": 0, "job": None,
+            "note": None,
+        }  # fmt: skip
+        done = server.call("POST", "/api/sync", json={"roots": [str(root)]}).json()
+        assert wait_job(server, done["job"]["job_id"])["indexed"] == 3
+        next(root.iterdir()).unlink()
+        again = server.call("POST", "/api/sync", json={"roots": [str(root)]}).json()
+        assert (again["unchanged"], again["gone"], again["deleted"], again["job"]) == (
+            2,
+            1,
+            1,
+            None,
+        )
+        outside = server.call("POST", "/api/sync", json={"roots": [str(photos)]})
+        assert outside.status_code == 403, outside.text
+        missing = server.call("POST", "/api/sync", json={"roots": [str(tmp_path / "nope")]})
+        assert missing.status_code == 422 and "not a folder" in missing.text
+    finally:
+        server.stop()

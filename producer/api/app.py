@@ -32,6 +32,8 @@ from producer.api.schemas import (
     IngestIn,
     JobOut,
     PageConfig,
+    SyncIn,
+    SyncOut,
     TaskOut,
 )
 from producer.api.security import BodyLimit, TokenGate, token_guard
@@ -223,6 +225,41 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         producer.ingest(paths, queue=target_queue, job_id=job_id, collection=collection)
         log.info("job %s: %s -> queue %s", job_id, body.inputs, target_queue)
         return job_out(job_id)
+
+    @api.post("/sync", response_model=SyncOut, summary="Index new and changed files, drop gone")
+    def sync(body: SyncIn) -> SyncOut:
+        from producer.sync import SyncError, plan_sync, stat_note
+
+        target_queue = queue_of(body.queue)
+        for root in body.roots:
+            if "://" in root:
+                raise HTTPException(422, f"{root}: sync takes folders, not URLs")
+            try:
+                check_source(root, settings, loopback)
+            except AccessError as exc:
+                raise HTTPException(403, str(exc)) from None
+        collection = body.collection or settings.collection
+        store = producer.store_for(collection, create=True)
+        try:
+            plan = plan_sync(store, body.roots)
+        except SyncError as exc:
+            raise HTTPException(422, str(exc)) from None
+        out = SyncOut(
+            new=len(plan.new),
+            changed=len(plan.changed),
+            unchanged=plan.unchanged,
+            deleted=0,
+            gone=len(plan.gone),
+            note=stat_note(plan),
+        )
+        if body.dry_run:
+            return out
+        out.deleted = store.delete_ids(plan.gone) if plan.gone else 0
+        if plan.to_index:
+            job_id = producer.ingest(plan.to_index, queue=target_queue, collection=collection)
+            out.job = job_out(job_id, failures=False)
+        log.info("sync %s: %s", body.roots, out.model_dump(exclude={"job"}))
+        return out
 
     def job_out(job_id: str, failures: bool = True) -> JobOut:
         try:
