@@ -69,7 +69,8 @@ def find_duplicates(
     id_groups = group_pairs(pairs)
     paths = store.resolve([i for g in id_groups for i in g])
     groups = [sorted(str(paths[i]["path"]) for i in g if i in paths) for g in id_groups]
-    return DuplicateGroups([g for g in groups if len(g) > 1], len(ids), len(set(pairs)))
+    unique = len({(a, b) for a, b, _ in pairs})  # a pair is found from both of its ends
+    return DuplicateGroups([g for g in groups if len(g) > 1], len(ids), unique)
 
 
 def write_groups(found: DuplicateGroups, out: str) -> None:
