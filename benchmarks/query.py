@@ -73,6 +73,8 @@ def fill(store: Any, real_paths: list[Path], real: np.ndarray, extra: np.ndarray
             "width": 0,
             "height": 0,
             "ingested_at": 0,
+            "size": -1,
+            "mtime_ns": -1,
         }
         for i, (p, v) in enumerate(zip(real_paths, real, strict=True))
     ]
@@ -85,6 +87,8 @@ def fill(store: Any, real_paths: list[Path], real: np.ndarray, extra: np.ndarray
             "width": 0,
             "height": 0,
             "ingested_at": 0,
+            "size": -1,
+            "mtime_ns": -1,
         }
         for i, v in enumerate(extra)
     ]

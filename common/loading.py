@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.images import ImageError, decode
+from common.paths import FILE_SCHEME, decode_file_url
 from common.settings import Settings
-from common.sources import SourceError, read_source
+from common.sources import SourceError, check_allowed, read_source
 
 # (key, image bytes or None to read the file or URL named by key, sha256 already stored or None)
 Item = tuple[str, bytes | None, str | None]
@@ -56,3 +57,16 @@ def load(item: Item, settings: Settings, size: int) -> Loaded:
         return Loaded(key, error=f"{type(exc).__name__}: {exc}", retryable=True)
     except Exception as exc:  # never let one file fail the others
         return Loaded(key, error=f"cannot decode: {type(exc).__name__}: {exc}")
+
+
+def file_stat(key: str, settings: Settings) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of a local file, None for a URL or a file that cannot be stat'ed
+    or lies outside the allowed roots (it is then read, and fails with its reason)."""
+    if "://" in key and not key.startswith(FILE_SCHEME):
+        return None
+    path = decode_file_url(key) if key.startswith(FILE_SCHEME) else key
+    try:
+        st = check_allowed(path, settings.allowed_roots).stat()
+    except (OSError, SourceError):
+        return None
+    return st.st_size, st.st_mtime_ns

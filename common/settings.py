@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     max_query_bytes: int = 32 * 1024 * 1024
 
+    # --- near duplicates (ris duplicates) -----------------------------------------------------
+    # Pairs scoring this or more are near duplicates (IP/COSINE; benchmarks/duplicates.py).
+    duplicates_threshold: float = Field(0.65, ge=-1.0, le=1.0)
+    # Ids per worker task (a worker holds this many vectors), and queries per Milvus search.
+    duplicates_slice: int = Field(2000, ge=1)
+    duplicates_search_batch: int = Field(100, ge=1)
+
     # --- HTTP API (ris serve) ----------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000

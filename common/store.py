@@ -26,8 +26,17 @@ from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Milvus Lite never returns the timestamp a query iterator asks for, and pymilvus warns on
+# every iterator (so on every `ris sync`): the client-side timestamp it falls back to is fine.
+logging.getLogger("pymilvus.orm.iterator").addFilter(
+    lambda record: "failed to get mvccTs" not in record.getMessage()
+)
+
 MAX_PATH_LENGTH = 4096
 SCALAR_FIELDS = ("path", "sha256", "width", "height", "ingested_at")
+# The file's size and mtime when it was read: `ris sync` and the workers skip a file whose
+# stat still matches without reading it. Collections created before these fields lack them.
+STAT_FIELDS = ("size", "mtime_ns")
 # Milvus caps expression sizes; resolve and look-ups go in slices of this many ids.
 _IN_BATCH = 1000
 # Milvus LIKE has no escape for its wildcards: a prefix is matched up to its first one, and the
@@ -185,6 +194,8 @@ class ImageStore:
             schema.add_field("width", DataType.INT32)
             schema.add_field("height", DataType.INT32)
             schema.add_field("ingested_at", DataType.INT64)  # unix milliseconds
+            schema.add_field("size", DataType.INT64)  # bytes, -1 for a URL
+            schema.add_field("mtime_ns", DataType.INT64)  # -1 for a URL
             try:
                 self.client.create_collection(self.name, schema=schema)
                 log.info("collection %s created (%s)", self.name, self._identity())
@@ -193,6 +204,9 @@ class ImageStore:
                 if not self.client.has_collection(self.name):
                     raise
         self._check_identity()
+        fields = {f["name"] for f in self.client.describe_collection(self.name)["fields"]}
+        # A collection created before size/mtime existed: still usable, files are hashed.
+        self.has_stat_fields = set(STAT_FIELDS) <= fields
         self._ensure_index()
         self.client.load_collection(self.name)
 
@@ -237,12 +251,33 @@ class ImageStore:
     # --- writes ----------------------------------------------------------------------------
     def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery."""
+        if not self.has_stat_fields:
+            rows = [{k: v for k, v in r.items() if k not in STAT_FIELDS} for r in rows]
+        else:  # a row without its file's stat (a URL, a caller that has none): -1, never skipped
+            rows = [dict.fromkeys(STAT_FIELDS, -1) | r for r in rows]
         if rows:
             # Bounded by the rows written, not 10x the call timeout: a worker cut off by a
             # partition mid-upsert is back within seconds of the heal, not minutes
             # (tests/test_multihost.py); 2,000 rows took 26-29 s on a loaded 2-core machine.
             timeout = self.settings.milvus_timeout_s * (1 + len(rows) / 100)
             self.client.upsert(self.name, [_plain(r) for r in rows], timeout=timeout)
+
+    def refresh_stats(self, stats: dict[int, tuple[int, int]]) -> None:
+        """Store a new ``(size, mtime_ns)`` for rows whose content is unchanged (a file
+        touched or copied back), so the next sync need not hash them again."""
+        if not self.has_stat_fields or not stats:
+            return
+        ids = list(stats)
+        for start in range(0, len(ids), _IN_BATCH):
+            part = ids[start : start + _IN_BATCH]
+            rows = self.client.query(
+                self.name,
+                filter=f"id in {part}",
+                output_fields=["id", "vector", *SCALAR_FIELDS],
+            )
+            for r in rows:
+                r["size"], r["mtime_ns"] = stats[int(r["id"])]
+            self.upsert([dict(r) for r in rows])
 
     def delete_ids(self, ids: Iterable[int]) -> int:
         """Delete rows by id; returns how many of them existed (the rows actually removed)."""
@@ -308,8 +343,83 @@ class ImageStore:
             out.update({int(r["id"]): str(r["sha256"]) for r in rows})
         return out
 
-    def search(self, vectors: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
-        """Nearest ids and scores for each query vector (IP/COSINE: higher is closer)."""
+    def known_stats(self, ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
+        """``id -> (sha256, size, mtime_ns)`` of the given ids already stored (size and mtime
+        -1 on a collection created before the stat fields: such files are hashed)."""
+        fields = ["id", "sha256", *(STAT_FIELDS if self.has_stat_fields else ())]
+        out: dict[int, tuple[str, int, int]] = {}
+        for start in range(0, len(ids), _IN_BATCH):
+            part = [int(i) for i in ids[start : start + _IN_BATCH]]
+            rows = self.client.query(self.name, filter=f"id in {part}", output_fields=fields)
+            out.update(
+                {
+                    int(r["id"]): (
+                        str(r["sha256"]),
+                        int(r.get("size", -1)),
+                        int(r.get("mtime_ns", -1)),
+                    )
+                    for r in rows
+                }
+            )
+        return out
+
+    def rows_under(self, folder: str) -> dict[int, tuple[str, int, int]]:
+        """``id -> (path, size, mtime_ns)`` of every row under ``folder`` (size and mtime -1
+        on a collection without the stat fields), read in batches."""
+        from common.filters import under_expression
+
+        fields = ["id", "path", *(STAT_FIELDS if self.has_stat_fields else ())]
+        found: dict[int, tuple[str, int, int]] = {}
+        rows = self.client.query_iterator(
+            self.name,
+            batch_size=_IN_BATCH * 10,
+            filter=under_expression(folder),
+            output_fields=fields,
+            timeout=self.settings.milvus_timeout_s,
+        )
+        try:
+            while batch := rows.next():
+                for r in batch:
+                    found[int(r["id"])] = (
+                        str(r["path"]),
+                        int(r.get("size", -1)),
+                        int(r.get("mtime_ns", -1)),
+                    )
+        finally:
+            rows.close()
+        return found
+
+    def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """``id -> vector`` of the given ids that exist."""
+        out: dict[int, np.ndarray] = {}
+        for start in range(0, len(ids), _IN_BATCH):
+            part = [int(i) for i in ids[start : start + _IN_BATCH]]
+            rows = self.client.query(self.name, filter=f"id in {part}", output_fields=["vector"])
+            out.update({int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows})
+        return out
+
+    def ids(self, expression: str = "") -> list[int]:
+        """Every id matching ``expression`` (built by :mod:`common.filters`; "" for all)."""
+        found: list[int] = []
+        rows = self.client.query_iterator(
+            self.name,
+            batch_size=_IN_BATCH * 10,
+            filter=expression or "id >= 0",  # ids are 63-bit: never negative
+            output_fields=["id"],
+            timeout=self.settings.milvus_timeout_s,
+        )
+        try:
+            while batch := rows.next():
+                found.extend(int(r["id"]) for r in batch)
+        finally:
+            rows.close()
+        return found
+
+    def search(
+        self, vectors: np.ndarray, top_k: int, expression: str = ""
+    ) -> list[list[tuple[int, float]]]:
+        """Nearest ids and scores for each query vector (IP/COSINE: higher is closer), among
+        the rows matching ``expression`` (built by :mod:`common.filters`; "" for all)."""
         params = dict(self.settings.search_params)
         if "ef" in params:  # HNSW refuses a candidate list shorter than the results asked for
             params["ef"] = max(int(params["ef"]), top_k)
@@ -319,6 +429,7 @@ class ImageStore:
             limit=top_k,
             search_params={"metric_type": self.settings.metric, "params": params},
             output_fields=[],
+            filter=expression,
             **self._search,
         )
         return [[(int(h["id"]), float(h["distance"])) for h in hits] for hits in result]

@@ -140,6 +140,74 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from producer.sync import describe, plan_sync, stat_note
+
+    producer = _producer()
+    store = producer.store_for(args.collection, create=True)
+    plan = plan_sync(store, args.roots)
+    print(f"sync: {describe(plan)}", flush=True)
+    if note := stat_note(plan):
+        print(f"note: {note}", file=sys.stderr)
+    if args.dry_run:
+        for label, paths in (("new", plan.new), ("changed", plan.changed)):
+            for path in paths[:20]:
+                print(f"  {label} {path}")
+        for path in list(plan.gone.values())[:20]:
+            print(f"  gone {path}")
+        return 0
+    deleted = store.delete_ids(plan.gone) if plan.gone else 0
+    print(f"deleted {deleted} row(s) of files gone", flush=True)
+    if not plan.to_index:
+        return 0
+    job_id = producer.ingest(plan.to_index, queue=args.queue, collection=args.collection)
+    print(f"job {job_id}: {len(plan.to_index)} paths enqueued", flush=True)
+    with tqdm(total=len(plan.to_index), unit="img", disable=args.quiet) as bar:
+        progress = producer.wait(
+            job_id,
+            timeout_s=args.timeout,
+            on_progress=lambda p: bar.update(p.processed - bar.n),
+        )
+    _print_progress_line(progress)
+    _print_failures(producer.failures(job_id))
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from common.filters import SearchFilter
+    from producer.duplicates import find_duplicates, write_groups
+
+    producer = _producer()
+    threshold = get_settings().duplicates_threshold if args.threshold is None else args.threshold
+    filters = SearchFilter.build(under=args.under) if args.under else None
+    with tqdm(unit="slice", disable=args.quiet) as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        found = find_duplicates(
+            producer, threshold, filters, args.queue, args.collection, args.timeout, update
+        )
+    print(
+        f"{len(found.groups)} groups ({sum(map(len, found.groups))} images) among "
+        f"{found.images} images at score >= {threshold:g}"
+    )
+    if args.out:
+        write_groups(found, args.out)
+        print(f"groups written to {args.out}")
+    else:
+        for n, group in enumerate(found.groups, 1):
+            print(f"group {n}:")
+            for path in group:
+                print(f"  {path}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     producer = _producer()
     try:
@@ -184,21 +252,50 @@ def _show_results(results: list[Any], args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def _search_filter(args: argparse.Namespace) -> Any:
+    from common.filters import SearchFilter
+
+    return SearchFilter.build(
+        args.under, args.ingested_after, args.ingested_before, args.min_width, args.min_height
+    )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from producer.batch import write_results_csv
     from producer.client import QueryError, QueryResult
+    from producer.inputs import expand_inputs
 
     producer = _producer()
     top_k = args.top_k or get_settings().top_k
+    filters = _search_filter(args)
+    images = list(expand_inputs(args.images))  # a folder of queries is walked
     if args.no_wait:
-        for path in args.images:
+        for path in images:
             try:
-                print(f"{producer.submit_query(path, top_k, args.queue, args.collection)}  {path}")
+                task = producer.submit_query(path, top_k, args.queue, args.collection, filters)
+                print(f"{task}  {path}")
             except QueryError as exc:
                 print(f"error: {exc}", file=sys.stderr)
         return 0
-    results: list[QueryResult] = producer.search(
-        args.images, top_k, args.queue, args.timeout, args.collection
-    )
+    with tqdm(total=len(images), unit="query", disable=len(images) < 2 or not args.out) as bar:
+        results: list[QueryResult] = producer.search(
+            images,
+            top_k,
+            args.queue,
+            args.timeout,
+            args.collection,
+            filters,
+            on_result=lambda _: bar.update(),
+        )
+    if args.out:
+        rows = write_results_csv(results, args.out)
+        failed = [r for r in results if r.error]
+        print(f"{len(results)} queries, {rows} matches written to {args.out}")
+        for r in failed[:20]:
+            print(f"  FAILED {r.query}: {r.error}")
+        return 1 if failed else 0
     return _show_results(results, args)
 
 
@@ -383,6 +480,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
+    p = sub.add_parser("sync", help="index new and changed files under folders, drop rows gone")
+    p.add_argument("roots", nargs="+", metavar="ROOT")
+    p.add_argument("--dry-run", action="store_true", help="only report what would change")
+    p.add_argument("--queue", default=queues[0], choices=queues)
+    p.add_argument("--collection", help="sync this collection (default RIS_COLLECTION)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("duplicates", help="groups of near-duplicate images in the collection")
+    p.add_argument("--threshold", type=float, help="score for a pair (RIS_DUPLICATES_THRESHOLD)")
+    p.add_argument("--under", metavar="DIR", help="only images under this folder")
+    p.add_argument("--out", metavar="GROUPS.csv|json", help="write the groups to a file")
+    p.add_argument("--queue", default=queues[0], choices=queues)
+    p.add_argument("--collection", help="this collection (default RIS_COLLECTION)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per slice at most")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_duplicates)
+
     p = sub.add_parser("status", help="progress and failures of an ingest job")
     p.add_argument("job")
     p.add_argument("--failures", action="store_true", help="list every failure")
@@ -400,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", metavar="GRID.png", help="draw the query and matches to a picture")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--out", metavar="RESULTS.csv", help="write query,rank,score,match rows")
+    p.add_argument("--under", metavar="DIR", help="only matches under this folder")
+    p.add_argument("--ingested-after", metavar="ISO", help="only matches indexed at/after")
+    p.add_argument("--ingested-before", metavar="ISO", help="only matches indexed before")
+    p.add_argument("--min-width", type=int, metavar="PX", help="only matches at least this wide")
+    p.add_argument("--min-height", type=int, metavar="PX", help="only matches this tall or more")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("result", help="fetch the results of query tasks submitted earlier")
@@ -502,12 +624,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from common.filters import FilterError
         from common.lite_server import LiteServerError
         from common.store import StoreError
         from producer.evaluation import DatasetError
+        from producer.sync import SyncError
 
         if isinstance(
-            exc, (StoreError, LiteServerError, TimeoutError, ConnectionError, DatasetError)
+            exc,
+            (
+                StoreError,
+                LiteServerError,
+                TimeoutError,
+                ConnectionError,
+                DatasetError,
+                FilterError,
+                SyncError,
+            ),
         ):
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 from redis import RedisError
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
+from common.filters import SearchFilter
 from common.jobs import JobProgress, JobTracker, redis_client
 from common.paths import encode_path
 from common.settings import Settings, get_settings
@@ -255,7 +256,12 @@ class Producer:
 
     # --- queries ---------------------------------------------------------------------------
     def submit_query(
-        self, image_path: str, top_k: int, queue: str = "cpu", collection: str | None = None
+        self,
+        image_path: str,
+        top_k: int,
+        queue: str = "cpu",
+        collection: str | None = None,
+        filters: SearchFilter | None = None,
     ) -> str:
         """Send one query image (its bytes travel with the task) and return the task id."""
         try:
@@ -271,7 +277,9 @@ class Producer:
             raise QueryError(f"{image_path}: is a directory, not an image") from None
         except OSError as exc:
             raise QueryError(f"{image_path}: {exc.strerror or exc}") from None
-        return self.submit_query_bytes(os.path.abspath(image_path), data, top_k, queue, collection)
+        return self.submit_query_bytes(
+            os.path.abspath(image_path), data, top_k, queue, collection, filters
+        )
 
     def submit_query_bytes(
         self,
@@ -280,8 +288,10 @@ class Producer:
         top_k: int,
         queue: str = "cpu",
         collection: str | None = None,
+        filters: SearchFilter | None = None,
     ) -> str:
-        """Send a query image given as bytes (``name`` labels it) and return the task id."""
+        """Send a query image given as bytes (``name`` labels it) and return the task id;
+        ``filters`` restrict the matches (typed values: the worker builds the expression)."""
         if len(data) > self.settings.max_query_bytes:
             raise QueryError(
                 f"{name}: {len(data):,} bytes exceeds the query limit of "
@@ -293,7 +303,8 @@ class Producer:
         self.app.send_task(
             SEARCH_TASK,
             args=(encode_path(name), base64.b64encode(data).decode("ascii"), top_k),
-            kwargs=self._target(collection),
+            # Only when set: a worker from before filters knows no such argument.
+            kwargs=self._target(collection) | ({"filters": filters.to_task()} if filters else {}),
             queue=queue,
             task_id=task_id,
             argsrepr=f"(query={os.path.basename(name)!r}, top_k={top_k})",
@@ -362,19 +373,27 @@ class Producer:
         queue: str = "cpu",
         timeout_s: float | None = 120.0,
         collection: str | None = None,
+        filters: SearchFilter | None = None,
+        on_result: Callable[[QueryResult], None] | None = None,
     ) -> list[QueryResult]:
-        """Submit all queries at once, then collect them in order."""
+        """Submit all queries at once (the workers answer them in parallel), then collect
+        them in order; ``on_result`` is called as each one is collected (progress)."""
         submitted: list[tuple[str, str | None, str | None]] = []
         for path in image_paths:
             try:
-                task_id = self.submit_query(path, top_k, queue, collection)
+                task_id = self.submit_query(path, top_k, queue, collection, filters)
                 submitted.append((path, task_id, None))
             except QueryError as exc:
                 submitted.append((path, None, str(exc)))
-        return [
-            self.collect(task_id, timeout_s, path) if task_id else QueryResult(path, error=err)
-            for path, task_id, err in submitted
-        ]
+        results = []
+        for path, task_id, err in submitted:
+            res = (
+                self.collect(task_id, timeout_s, path) if task_id else QueryResult(path, error=err)
+            )
+            results.append(res)
+            if on_result:
+                on_result(res)
+        return results
 
     def consumers(self, queue: str, timeout_s: float = 1.0) -> list[str]:
         """Names of the workers that answer and consume ``queue``."""

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import grpc
+import numpy as np
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
@@ -22,7 +23,10 @@ from pymilvus.exceptions import MilvusException
 
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app
 from common.chunks import chunk_done, record_chunk_done
+from common.duplicates import DUPLICATES_TASK, pairs_of
+from common.filters import FilterError, SearchFilter
 from common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
+from common.loading import file_stat
 from common.paths import encode_path
 from common.pipeline import EmbeddingPipeline
 from common.settings import Settings, get_settings
@@ -150,8 +154,8 @@ def ingest_chunk(
 ) -> dict[str, Any]:
     """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one) of
     the Milvus named by ``milvus`` (a store identity; another one is refused); record each
-    path's outcome in the job's progress. Files whose content hash is stored already are not
-    decoded again."""
+    path's outcome in the job's progress. A file whose size and mtime match the stored ones is
+    not read; one whose content hash is stored already is not decoded again."""
     ctx = context()
     if refused := foreign_store(milvus, ctx.settings):
         return _refuse_chunk(ctx, job_id, paths, refused)
@@ -160,14 +164,21 @@ def ingest_chunk(
     spent: dict[str, float] = {}  # seconds per stage, for the log
     try:
         store = ctx.stores.get(collection)
-        known = store.known_hashes([path_id(p) for p in paths])
+        ids = [path_id(p) for p in paths]
+        stored = store.known_stats(ids)
+        known = {i: sha for i, (sha, _, _) in stored.items()}
+        stats = {i: (size, mtime) for i, (_, size, mtime) in stored.items()}
     except RETRYABLE:
         ctx.stores.forget()
         raise
     spent["lookup"] = time.perf_counter() - started
     # The task's result state (AsyncResult.state) while the chunk is embedded.
     self.update_state(state="EMBEDDING", meta={"job_id": job_id, "paths": len(paths)})
-    results = ctx.pipeline([(p, None, known.get(path_id(p))) for p in paths])
+    # Stat'ed before reading: a file changed meanwhile keeps the older stat, so the next sync
+    # reads it again rather than trusting a stat newer than the content stored.
+    stat = {p: file_stat(p, ctx.settings) for p in paths}
+    same = {p for p in paths if stat[p] is not None and stats.get(path_id(p)) == stat[p]}
+    results = ctx.pipeline([(p, None, known.get(path_id(p))) for p in paths if p not in same])
     spent["load+embed"] = time.perf_counter() - started - spent["lookup"]
     retry = [r for r in results if r.retryable]
     if retry:  # a URL that could not be fetched: the whole chunk is tried again later
@@ -183,18 +194,30 @@ def ingest_chunk(
             "width": r.width,
             "height": r.height,
             "ingested_at": now_ms,
+            "size": (stat[r.key] or (-1, -1))[0],
+            "mtime_ns": (stat[r.key] or (-1, -1))[1],
         }
         for r in results
         if r.vector is not None
     ]
     try:
         store.upsert(rows)
+        # Same content under a new stat (touched, copied back): remember the new stat.
+        store.refresh_stats(
+            {
+                path_id(r.key): stat[r.key]
+                for r in results
+                if r.unchanged
+                and stat[r.key] is not None
+                and stats.get(path_id(r.key)) != stat[r.key]
+            }
+        )
     except RETRYABLE:
         ctx.stores.forget()
         raise
     spent["upsert"] = time.perf_counter() - started - sum(spent.values())
     indexed = [r["path"] for r in rows]
-    unchanged = [r.key for r in results if r.unchanged]
+    unchanged = [p for p in paths if p in same] + [r.key for r in results if r.unchanged]
     failed = {r.key: str(r.error) for r in results if r.error is not None}
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
     for path, reason in failed.items():
@@ -229,12 +252,18 @@ def search(
     top_k: int,
     collection: str | None = None,
     milvus: str | None = None,
+    filters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Embed one query image and return the ids and scores of its nearest indexed images
-    (``milvus``: the store identity the query is for; another one is refused)."""
+    (``milvus``: the store identity the query is for; another one is refused), among those
+    matching ``filters`` (:class:`common.filters.SearchFilter` fields)."""
     ctx = context()
     if refused := foreign_store(milvus, ctx.settings):
         return {"query": name, "error": refused.replace("not indexed", "not searched")}
+    try:
+        expression = SearchFilter.from_task(filters).expression()
+    except (FilterError, TypeError) as exc:
+        return {"query": name, "error": f"bad filter: {exc}"}
     started = time.perf_counter()
     result = ctx.pipeline([(name, base64.b64decode(image_b64), None)])[0]
     if result.error is not None:
@@ -242,7 +271,7 @@ def search(
     embedded = time.perf_counter()
     try:
         store = ctx.stores.get(collection, create=False)  # a search never creates one
-        hits = store.search(result.vector, top_k)[0]
+        hits = store.search(result.vector, top_k, expression)[0]
     except RETRYABLE:
         ctx.stores.forget()
         raise
@@ -257,3 +286,50 @@ def search(
             "search": round((done - embedded) * 1000, 2),
         },
     }
+
+
+@app.task(
+    name=DUPLICATES_TASK,
+    autoretry_for=(MilvusException, ConnectionError),
+    retry_backoff=1,
+    max_retries=3,
+)
+def duplicates_slice(
+    ids: list[int],
+    threshold: float,
+    top_k: int,
+    collection: str | None = None,
+    milvus: str | None = None,
+    filters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Search the vectors of ``ids`` (one slice of the collection) against the rows matching
+    ``filters`` and return the pairs scoring ``threshold`` or more: ``[a, b, score]``, a < b."""
+    ctx = context()
+    if refused := foreign_store(milvus, ctx.settings):
+        return {"error": refused.replace("not indexed", "not searched")}
+    if ctx.settings.metric == "L2":
+        return {"error": "duplicates need an IP or COSINE collection (higher score: closer)"}
+    try:
+        expression = SearchFilter.from_task(filters).expression()
+    except (FilterError, TypeError) as exc:
+        return {"error": f"bad filter: {exc}"}
+    started = time.perf_counter()
+    pairs: set[tuple[int, int, float]] = set()
+    try:
+        store = ctx.stores.get(collection, create=False)
+        vectors = store.vectors(ids)
+        found = list(vectors)
+        for start in range(0, len(found), ctx.settings.duplicates_search_batch):
+            part = found[start : start + ctx.settings.duplicates_search_batch]
+            hits = store.search(np.stack([vectors[i] for i in part]), top_k, expression)
+            pairs.update(pairs_of(part, hits, threshold))
+    except RETRYABLE:
+        ctx.stores.forget()
+        raise
+    log.info(
+        "duplicates: slice of %d: %d pairs in %.2fs",
+        len(ids),
+        len(pairs),
+        time.perf_counter() - started,
+    )
+    return {"pairs": sorted(pairs), "searched": len(found)}

@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from common.filters import FilterError, SearchFilter
 from common.images import ImageError
 from common.settings import Settings
 from common.sources import SourceError
@@ -31,6 +32,8 @@ from producer.api.schemas import (
     IngestIn,
     JobOut,
     PageConfig,
+    SyncIn,
+    SyncOut,
     TaskOut,
 )
 from producer.api.security import BodyLimit, TokenGate, token_guard
@@ -138,9 +141,22 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         collection: Collection = None,
         queue: str | None = None,
         wait: bool = False,
+        under: Annotated[str | None, Form(description="only matches under this folder")] = None,
+        ingested_after: Annotated[
+            str | None, Form(description="ISO date: indexed at/after")
+        ] = None,
+        ingested_before: Annotated[str | None, Form(description="ISO date: indexed before")] = None,
+        min_width: Annotated[int | None, Form(ge=0)] = None,
+        min_height: Annotated[int | None, Form(ge=0)] = None,
     ) -> TaskOut:
         if (file is None) == (source is None):
             raise HTTPException(422, "give exactly one of: an uploaded file, a source path/URL")
+        try:
+            filters = SearchFilter.build(
+                under, ingested_after, ingested_before, min_width, min_height
+            )
+        except FilterError as exc:
+            raise HTTPException(422, f"bad filter: {exc}") from None
         target_queue = queue_of(queue)
         if file is not None:
             name = f"upload:{file.filename or 'image'}"
@@ -167,7 +183,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
             raise HTTPException(415, f"not a usable image: {exc}") from None
         try:
             task_id = producer.submit_query_bytes(
-                name, data, top_k, target_queue, collection or settings.collection
+                name, data, top_k, target_queue, collection or settings.collection, filters
             )
         except QueryError as exc:
             raise HTTPException(413, str(exc)) from None
@@ -209,6 +225,41 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         producer.ingest(paths, queue=target_queue, job_id=job_id, collection=collection)
         log.info("job %s: %s -> queue %s", job_id, body.inputs, target_queue)
         return job_out(job_id)
+
+    @api.post("/sync", response_model=SyncOut, summary="Index new and changed files, drop gone")
+    def sync(body: SyncIn) -> SyncOut:
+        from producer.sync import SyncError, plan_sync, stat_note
+
+        target_queue = queue_of(body.queue)
+        for root in body.roots:
+            if "://" in root:
+                raise HTTPException(422, f"{root}: sync takes folders, not URLs")
+            try:
+                check_source(root, settings, loopback)
+            except AccessError as exc:
+                raise HTTPException(403, str(exc)) from None
+        collection = body.collection or settings.collection
+        store = producer.store_for(collection, create=True)
+        try:
+            plan = plan_sync(store, body.roots)
+        except SyncError as exc:
+            raise HTTPException(422, str(exc)) from None
+        out = SyncOut(
+            new=len(plan.new),
+            changed=len(plan.changed),
+            unchanged=plan.unchanged,
+            deleted=0,
+            gone=len(plan.gone),
+            note=stat_note(plan),
+        )
+        if body.dry_run:
+            return out
+        out.deleted = store.delete_ids(plan.gone) if plan.gone else 0
+        if plan.to_index:
+            job_id = producer.ingest(plan.to_index, queue=target_queue, collection=collection)
+            out.job = job_out(job_id, failures=False)
+        log.info("sync %s: %s", body.roots, out.model_dump(exclude={"job"}))
+        return out
 
     def job_out(job_id: str, failures: bool = True) -> JobOut:
         try:

@@ -64,3 +64,20 @@ class PageConfig(BaseModel):
     max_upload_bytes: int
     flower_url: str = Field(description="empty: this host on flower_port")
     flower_port: int
+
+
+class SyncIn(BaseModel):
+    roots: list[str] = Field(min_length=1, description="folders to bring the index in step with")
+    dry_run: bool = False
+    queue: str | None = None
+    collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
+
+
+class SyncOut(BaseModel):
+    new: int
+    changed: int
+    unchanged: int
+    deleted: int = Field(description="rows of files gone (0 in a dry run: see gone)")
+    gone: int
+    job: JobOut | None = Field(None, description="the ingest of new and changed files")
+    note: str | None = None

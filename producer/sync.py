@@ -1,0 +1,109 @@
+"""``ris sync``: bring the index in step with folders on disk.
+
+One walk (a ``stat`` per file) and one scan of the rows stored under each root (paths, sizes
+and mtimes) decide everything: a file not stored is new, one whose size or mtime differs is
+changed (the worker hashes it: same content only refreshes the stored stat), a row whose file
+is gone is deleted. Unchanged files are neither read nor hashed nor sent to a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from common.store import ImageStore, path_id
+from producer.inputs import IMAGE_EXTENSIONS
+
+
+class SyncError(ValueError):
+    """A root that cannot be synced (missing, not a folder); the message says why."""
+
+
+@dataclass
+class SyncPlan:
+    """What a sync does: files to index, rows to delete, and how many files are unchanged."""
+
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    gone: dict[int, str] = field(default_factory=dict)  # id -> path of rows to delete
+    unchanged: int = 0
+    # Rows stored without size/mtime (a collection created before them): their files are
+    # sent to the workers, which hash them, until the collection is re-created.
+    without_stat: int = 0
+
+    @property
+    def to_index(self) -> list[str]:
+        return self.new + self.changed
+
+
+def walk_stat(root: str) -> Iterator[tuple[str, int, int]]:
+    """``(absolute path, size, mtime_ns)`` of every image file under ``root``, the files that
+    ``ris ingest ROOT`` would index (symlinked folders are not followed)."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable folder: its rows are kept, see plan_sync
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                try:
+                    st = entry.stat()  # follows a symlinked file, as the worker's read does
+                except OSError:
+                    continue  # a broken link: not a file to index
+                yield entry.path, st.st_size, st.st_mtime_ns
+
+
+def plan_sync(store: ImageStore, roots: list[str]) -> SyncPlan:
+    """Compare the files under ``roots`` with the rows stored under them."""
+    plan = SyncPlan()
+    seen: set[int] = set()
+    for raw in roots:
+        root = os.path.abspath(os.path.expanduser(raw))
+        if not os.path.isdir(root):
+            # Never read a missing root as "every file deleted" (an unmounted disk).
+            raise SyncError(f"{raw}: not a folder (nothing synced)")
+        stored = store.rows_under(root)
+        for path, size, mtime in walk_stat(root):
+            pid = path_id(path)
+            if pid in seen:
+                continue
+            seen.add(pid)
+            row = stored.pop(pid, None)
+            if row is None:
+                plan.new.append(path)
+            elif row[1:] == (size, mtime):
+                plan.unchanged += 1
+            else:
+                plan.changed.append(path)
+                plan.without_stat += row[1] < 0
+        for pid, (path, _, _) in stored.items():
+            # Only rows whose file is really gone: not one skipped by the walk (a folder that
+            # could not be read, a file named without an image extension).
+            if pid not in seen and not os.path.lexists(path):
+                plan.gone[pid] = path
+    plan.new.sort()
+    plan.changed.sort()
+    return plan
+
+
+def describe(plan: SyncPlan) -> str:
+    """One line of counts."""
+    return (
+        f"{len(plan.new)} new, {len(plan.changed)} changed, {plan.unchanged} unchanged, "
+        f"{len(plan.gone)} gone"
+    )
+
+
+def stat_note(plan: SyncPlan) -> str | None:
+    """What to do when the collection predates the size/mtime fields."""
+    if not plan.without_stat:
+        return None
+    return (
+        f"{plan.without_stat} rows have no stored size/mtime (collection created before them): "
+        "their files are hashed on every sync; `ris drop --yes` and ingest again to store them"
+    )
