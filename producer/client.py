@@ -24,7 +24,7 @@ from redis import RedisError
 from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
 from common.filters import SearchFilter
 from common.jobs import JobProgress, JobTracker, redis_client
-from common.paths import encode_path
+from common.paths import FILE_SCHEME, decode_file_url, encode_path
 from common.settings import Settings, get_settings
 from common.store import Hit, ImageStore, StoreCache, drop_collection, store_identity
 
@@ -263,7 +263,10 @@ class Producer:
         collection: str | None = None,
         filters: SearchFilter | None = None,
     ) -> str:
-        """Send one query image (its bytes travel with the task) and return the task id."""
+        """Send one query image (its bytes travel with the task) and return the task id.
+        ``image_path`` may be a path's ``file://`` text form (a name that is not UTF-8)."""
+        if image_path.startswith(FILE_SCHEME):
+            image_path = decode_file_url(image_path)
         try:
             size = os.path.getsize(image_path)
             if size > self.settings.max_query_bytes:

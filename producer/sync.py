@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from common.store import ImageStore, path_id
-from producer.inputs import IMAGE_EXTENSIONS
+from producer.inputs import image_extensions
 
 
 class SyncError(ValueError):
@@ -40,6 +40,7 @@ class SyncPlan:
 def walk_stat(root: str) -> Iterator[tuple[str, int, int]]:
     """``(absolute path, size, mtime_ns)`` of every image file under ``root``, the files that
     ``ris ingest ROOT`` would index (symlinked folders are not followed)."""
+    extensions = image_extensions()
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -50,7 +51,7 @@ def walk_stat(root: str) -> Iterator[tuple[str, int, int]]:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            elif os.path.splitext(entry.name)[1].lower() in extensions:
                 try:
                     st = entry.stat()  # follows a symlinked file, as the worker's read does
                 except OSError:
