@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
 import pytest
 from PIL import Image, ImageOps
 from pydantic import SecretStr
+from pymilvus.exceptions import MilvusException
 
 from common.local_redis import start_redis
 from common.settings import Settings, get_settings
@@ -167,6 +169,20 @@ def _images(photos: Path, dest: Path, copies: int = 4) -> list[Path]:
             variant.save(path)
             out.append(path)
     return out
+
+
+def _resolve_once_serving(target: Cluster, ids: list[int], timeout_s: float = 180) -> dict:
+    """The rows of ``ids`` once the restarted Milvus serves reads again: a server replays its
+    log first, and a read before that outlasts RIS_MILVUS_TIMEOUT_S (workers retry the same
+    way)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return target.store().resolve(ids)
+        except (MilvusException, grpc.RpcError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _assert_exactly_once(cluster: Cluster, paths: list[Path], job_id: str) -> None:
@@ -381,8 +397,7 @@ def test_milvus_killed_mid_ingest_keeps_every_acknowledged_row_once(
         assert 8 <= len(acked) < len(paths), "the job finished before the kill: test is void"
         kill()
         restart()
-        store = target.store()
-        found = store.resolve([path_id(p) for p in acked])
+        found = _resolve_once_serving(target, [path_id(p) for p in acked])
         assert {row["path"] for row in found.values()} == acked, "acknowledged rows lost"
         os.killpg(worker.pid, signal.SIGCONT)
         producer.wait(job, timeout_s=240)
