@@ -30,7 +30,6 @@ from common.loading import Item, Loaded, load
 from common.models import get_spec
 from common.settings import Settings
 
-log = logging.getLogger(__name__)
 # towhee logs every node start at INFO, once per call.
 logging.getLogger("towhee").setLevel(logging.WARNING)
 

@@ -286,15 +286,21 @@ def _collection() -> str:
     return f"mh_{uuid.uuid4().hex[:8]}"
 
 
-def test_busy_worker_partitioned_then_healed(cluster: Cluster, images: Callable) -> None:
-    cluster.ensure_workers()
-    paths = images(300)
-    # Chunks of 30: a worker is inside one for a while, so the cut lands mid-chunk.
+def _job_under_way_on_w1(cluster: Cluster, paths: list[str]) -> Job:
+    """Start a job in chunks of 30 (a worker is inside one for a while, so a fault lands
+    mid-chunk) and return once worker 1 holds one of them."""
     job = cluster.ingest(_folder(paths), _collection(), RIS_CHUNK_SIZE="30")
     deadline = time.monotonic() + 120
     while not cluster.active("w1"):
         assert time.monotonic() < deadline, "worker 1 never took a chunk"
         time.sleep(0.05)
+    return job
+
+
+def test_busy_worker_partitioned_then_healed(cluster: Cluster, images: Callable) -> None:
+    cluster.ensure_workers()
+    paths = images(300)
+    job = _job_under_way_on_w1(cluster, paths)
     cluster.hosts.partition("w1")
     cut = time.monotonic()
     p = cluster.progress(job.job_id)
@@ -387,11 +393,7 @@ def test_redis_partitioned_from_everyone_30s(cluster: Cluster, images: Callable)
 def test_worker_host_killed_mid_job(cluster: Cluster, images: Callable) -> None:
     cluster.ensure_workers()
     paths = images(300)
-    job = cluster.ingest(_folder(paths), _collection(), RIS_CHUNK_SIZE="30")
-    deadline = time.monotonic() + 120
-    while not cluster.active("w1"):
-        assert time.monotonic() < deadline, "worker 1 never took a chunk"
-        time.sleep(0.05)
+    job = _job_under_way_on_w1(cluster, paths)
     killed = cluster.hosts.kill_all("w1")
     cut = time.monotonic()
     assert killed >= 2, "expected the worker's parent and pool process"
