@@ -27,8 +27,8 @@ RUN pip install -c requirements.lock ".[s3,api]" \
        fi
 
 # Bake the default model's ONNX export into the image.
-RUN python -c "from common.models import export_onnx, get_spec; \
-from common.settings import get_settings; s = get_settings(); \
+RUN python -c "from ris.common.models import export_onnx, get_spec; \
+from ris.common.settings import get_settings; s = get_settings(); \
 print(export_onnx(get_spec(s.model), s.model_cache_dir))"
 
 RUN useradd --system --uid 10001 --home-dir /app ris && mkdir -p /data && chown ris /data

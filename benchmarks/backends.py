@@ -95,7 +95,7 @@ def run_one(
     pid: int | None,
 ) -> Result:
     """Fill a fresh collection with ``vectors``, index, search; drop it again."""
-    from common.store import ImageStore
+    from ris.common.store import ImageStore
 
     store = ImageStore(settings, "synthetic", vectors.shape[1])
     try:
@@ -170,8 +170,8 @@ def compare(
     """Every run of :data:`RUNS` over the same vectors, one at a time; results as they come."""
     from pydantic import SecretStr
 
-    from common.settings import INDEX_DEFAULTS
-    from common.store import milvus_uri
+    from ris.common.settings import INDEX_DEFAULTS
+    from ris.common.store import milvus_uri
 
     results = []
     for back_end, index in RUNS:

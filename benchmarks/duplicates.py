@@ -50,9 +50,9 @@ def at_scale(cluster: LocalCluster, db: str, collection: str) -> int:
 
     cluster.new_collection(RIS_MILVUS_URI=db, RIS_COLLECTION=collection)
     cluster.start_workers(1, concurrency=2)
-    from common.settings import get_settings
-    from producer.client import Producer
-    from producer.duplicates import find_duplicates
+    from ris.common.settings import get_settings
+    from ris.producer.client import Producer
+    from ris.producer.duplicates import find_duplicates
 
     producer = Producer(get_settings())
     pids = cluster.worker_pids()
@@ -79,9 +79,9 @@ def at_scale(cluster: LocalCluster, db: str, collection: str) -> int:
 
 
 def run(cluster: LocalCluster, args: argparse.Namespace) -> int:
-    from common.duplicates import pair_set
-    from producer.demo import sample_photos
-    from producer.evaluation import make_copies
+    from ris.common.duplicates import pair_set
+    from ris.producer.demo import sample_photos
+    from ris.producer.evaluation import make_copies
 
     photos = sorted(str(p) for p in sample_photos(DATA / "src").iterdir())
     originals, distractors = photos[: args.originals], photos[args.originals :]
@@ -98,9 +98,9 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> int:
         f"{len(distractors)} distractors: {len(everything)} images, {len(truth)} true pairs"
     )
     cluster.start_workers(1)
-    from common.settings import get_settings
-    from producer.client import Producer
-    from producer.duplicates import find_duplicates
+    from ris.common.settings import get_settings
+    from ris.producer.client import Producer
+    from ris.producer.duplicates import find_duplicates
 
     producer = Producer(get_settings())
     job = producer.ingest(everything)

@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--distractors", type=int, default=1000)
     args = parser.parse_args()
 
-    from producer.demo import sample_photos
+    from ris.producer.demo import sample_photos
 
     print(f"machine: {machine()}")
     fashion = fashion_mnist(
@@ -100,9 +100,9 @@ def main() -> int:
     distractors = sorted(str(p) for p in (fashion / "distractors").iterdir())
     rows = []
     with LocalCluster() as cluster:
-        from common.settings import get_settings
-        from producer.client import Producer
-        from producer.evaluation import evaluate, evaluate_near_duplicates, load_dataset
+        from ris.common.settings import get_settings
+        from ris.producer.client import Producer
+        from ris.producer.evaluation import evaluate, evaluate_near_duplicates, load_dataset
 
         for model in args.models.split(","):
             cluster.new_collection(RIS_MODEL=model)

@@ -96,8 +96,8 @@ def model_ceilings(device: str, batch: int) -> None:
     """Figures 1 and 2."""
     import torch
 
-    from common.models import Embedder
-    from common.settings import get_settings
+    from ris.common.models import Embedder
+    from ris.common.settings import get_settings
 
     settings = get_settings().model_copy(
         update={"runtime": "torch", "device": device, "fp16": device == "cuda"}
@@ -130,8 +130,8 @@ def decode_ceiling(paths: list[Path], processes: int) -> None:
     """Figure 3: every decoding process busy reading, hashing and decoding files."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from common.decode_pool import load_in_processes
-    from common.settings import get_settings
+    from ris.common.decode_pool import load_in_processes
+    from ris.common.settings import get_settings
 
     settings = get_settings()
     items = [(str(p), None, None) for p in paths]
@@ -150,8 +150,8 @@ def pipeline_alone(paths: list[Path], device: str, chunk: int, processes: int) -
     in processes; 4 chunks in flight), without queue or database."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from common.pipeline import EmbeddingPipeline
-    from common.settings import Settings
+    from ris.common.pipeline import EmbeddingPipeline
+    from ris.common.settings import Settings
 
     # Settings(device=...) takes the device's defaults (batch, decoding processes).
     settings = Settings(runtime="torch", device=device, fp16=True, decode_processes=processes)
@@ -178,8 +178,8 @@ def end_to_end(
     log: Path | None = None,
 ) -> None:
     """Figures 5 and 6: ``ris ingest`` through Redis, real workers and Milvus Lite."""
-    from common.settings import get_settings
-    from producer.client import Producer
+    from ris.common.settings import get_settings
+    from ris.producer.client import Producer
 
     cluster.new_collection(**{k: v for k, v in env.items() if k == "RIS_QUEUES"})
     t0 = time.perf_counter()
@@ -216,9 +216,9 @@ def end_to_end(
 def gpu_vs_cpu_cosine(paths: list[Path], device: str) -> None:
     """The GPU path's vectors (torch fp16, uint8 normalised on the device) against the CPU
     worker's (onnxruntime, float32)."""
-    from common.images import decode
-    from common.models import Embedder
-    from common.settings import get_settings
+    from ris.common.images import decode
+    from ris.common.models import Embedder
+    from ris.common.settings import get_settings
 
     base = get_settings()
     size = 224

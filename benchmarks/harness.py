@@ -38,7 +38,7 @@ def benchmark_images(n: int) -> list[Path]:
     """``n`` distinct photo-like JPEGs (about 640x480): random crops, flips and tone changes of
     the photos scikit-image and scikit-learn ship. Made once (on every core) and cached under
     ris_data/bench."""
-    from producer.demo import sample_photos
+    from ris.producer.demo import sample_photos
 
     folder = DATA / "images"
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ class LocalCluster:
     _tmp: Path | None = None
 
     def __enter__(self) -> LocalCluster:
-        from common.local_redis import start_redis
+        from ris.common.local_redis import start_redis
 
         self._tmp = Path(tempfile.mkdtemp(prefix="ris-bench-"))
         url, self._redis = start_redis(workdir=self._tmp)
@@ -111,14 +111,14 @@ class LocalCluster:
             "RIS_COLLECTION": f"bench_{uuid.uuid4().hex[:6]}",
         }
         os.environ.update(self.env)
-        from common.settings import get_settings
+        from ris.common.settings import get_settings
 
         get_settings.cache_clear()
         return self
 
     def new_collection(self, **extra: str) -> None:
         """Point at a fresh, empty collection (and any other setting changes)."""
-        from common.settings import get_settings
+        from ris.common.settings import get_settings
 
         self.env.update({"RIS_COLLECTION": f"bench_{uuid.uuid4().hex[:6]}", **extra})
         os.environ.update(self.env)
@@ -134,9 +134,9 @@ class LocalCluster:
     ) -> None:
         """Start ``count`` real ``ris worker`` processes and wait until each answers a ping
         (``log``: append their INFO log there)."""
-        from common.celery_app import make_app
-        from common.settings import get_settings
-        from producer.local_worker import start_worker_process
+        from ris.common.celery_app import make_app
+        from ris.common.settings import get_settings
+        from ris.producer.local_worker import start_worker_process
 
         app = make_app(get_settings())
         for _ in range(count):
@@ -156,8 +156,8 @@ class LocalCluster:
     def _warm_up(self, queries: int, queue: str) -> None:
         # A worker answers pings before its pool processes have loaded the model: run a few
         # queries so that no timed run pays for loading.
-        from common.settings import get_settings
-        from producer.client import Producer
+        from ris.common.settings import get_settings
+        from ris.producer.client import Producer
 
         probe = DATA / "warmup.jpg"
         Image.new("RGB", (64, 64), (90, 120, 150)).save(probe)
@@ -179,7 +179,7 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         import gc
 
-        from common.lite_server import stop_lite_server
+        from ris.common.lite_server import stop_lite_server
 
         self.stop_workers()
         gc.collect()  # finished AsyncResults unsubscribe from Redis while it still runs

@@ -30,9 +30,9 @@ from benchmarks.harness import LocalCluster, benchmark_images, machine, rss_mib
 def model_ceiling(paths: list[Path], batch_sizes: tuple[int, ...]) -> tuple[float, int]:
     """Figure 1: images/s of read + decode + preprocess + forward, sequentially, per batch size;
     returns the best and its batch size."""
-    from common.images import decode
-    from common.models import Embedder, get_spec
-    from common.settings import get_settings
+    from ris.common.images import decode
+    from ris.common.models import Embedder, get_spec
+    from ris.common.settings import get_settings
 
     settings = get_settings()
     spec = get_spec(settings.model)
@@ -55,9 +55,9 @@ def model_ceiling(paths: list[Path], batch_sizes: tuple[int, ...]) -> tuple[floa
 def tutorial_baseline(paths: list[Path], runtime: str) -> float:
     """Figure 2: one image at a time through the pipeline, one Milvus insert per image, the
     model run by ``runtime`` (the tutorial runs torch eager)."""
-    from common.pipeline import EmbeddingPipeline
-    from common.settings import get_settings
-    from common.store import open_store, path_id
+    from ris.common.pipeline import EmbeddingPipeline
+    from ris.common.settings import get_settings
+    from ris.common.store import open_store, path_id
 
     settings = get_settings().model_copy(update={"runtime": runtime, "batch_size": 1})
     pipeline = EmbeddingPipeline(settings)
@@ -84,8 +84,8 @@ def tutorial_baseline(paths: list[Path], runtime: str) -> float:
 
 def milvus_upsert_rate(chunk: int, rows: int = 4096) -> float:
     """Rows/s one Milvus server takes in chunk-sized upserts: the shared write path."""
-    from common.settings import get_settings
-    from common.store import open_store
+    from ris.common.settings import get_settings
+    from ris.common.store import open_store
 
     store = open_store(get_settings().model_copy(update={"collection": "bench_upsert"}))
     rng = np.random.default_rng(0)
@@ -120,8 +120,8 @@ def product_run(
     queue: str = "cpu",
 ) -> dict[str, float]:
     """Figure 3: ``ris ingest`` through the real queue and workers, enqueue to searchable."""
-    from common.settings import get_settings
-    from producer.client import Producer
+    from ris.common.settings import get_settings
+    from ris.producer.client import Producer
 
     cluster.new_collection()
     cluster.start_workers(processes, queue=queue, **extra)
@@ -179,7 +179,7 @@ def main() -> int:
     print(f"preparing {total} images ...", flush=True)
     paths = benchmark_images(total)
     with LocalCluster() as cluster:
-        from common.settings import get_settings
+        from ris.common.settings import get_settings
 
         settings = get_settings()
         print(f"model {settings.model} ({settings.runtime}), chunk {settings.chunk_size}")

@@ -51,7 +51,7 @@ def make_files(root: Path, n: int) -> list[tuple[str, int, int]]:
 
 def fill(store: object, files: list[tuple[str, int, int]], dim: int) -> None:
     """One row per file, as an ingest would store it (random vectors, random sizes/times)."""
-    from common.store import path_id
+    from ris.common.store import path_id
 
     rng = np.random.default_rng(0)
     for start in range(0, len(files), 2000):
@@ -101,10 +101,10 @@ def main() -> int:
             "RIS_COLLECTION": "library_bench",
         }
     )
-    from common.filters import SearchFilter
-    from common.lite_server import stop_lite_server
-    from common.settings import get_settings
-    from common.store import open_store
+    from ris.common.filters import SearchFilter
+    from ris.common.lite_server import stop_lite_server
+    from ris.common.settings import get_settings
+    from ris.common.store import open_store
 
     settings = get_settings()
     print(f"machine: {machine()}; {args.n} files, index {settings.index_type}")
@@ -120,7 +120,7 @@ def main() -> int:
         for run in (1, 2):
             t = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, "-m", "producer.cli", "sync", str(work / "lib")],
+                [sys.executable, "-m", "ris.producer.cli", "sync", str(work / "lib")],
                 cwd=ROOT,
                 env=os.environ,
                 capture_output=True,

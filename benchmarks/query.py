@@ -42,8 +42,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def real_embeddings(paths: list[Path]) -> np.ndarray:
-    from common.pipeline import EmbeddingPipeline
-    from common.settings import get_settings
+    from ris.common.pipeline import EmbeddingPipeline
+    from ris.common.settings import get_settings
 
     pipeline = EmbeddingPipeline(get_settings())
     results = pipeline([(str(p), p.read_bytes(), None) for p in paths])
@@ -133,7 +133,7 @@ def api_server() -> Iterator[str]:
     log = Path("ris_data/bench/api.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ris.producer.cli", "serve", "--port", str(port)],
         env={**os.environ, "RIS_API_HOST": "127.0.0.1"},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -201,8 +201,8 @@ def compare_back_ends(args: argparse.Namespace) -> int:
     import tempfile
 
     from benchmarks.backends import compare, table
-    from common.lite_server import stop_lite_server
-    from common.settings import Settings
+    from ris.common.lite_server import stop_lite_server
+    from ris.common.settings import Settings
 
     print(f"machine: {machine()}")
     real_paths = benchmark_images(1000)
@@ -255,9 +255,9 @@ def main() -> int:
 
     rows_out = []
     with LocalCluster() as cluster, api_server() as api_url:
-        from common.settings import get_settings
-        from common.store import open_store
-        from producer.client import Producer
+        from ris.common.settings import get_settings
+        from ris.common.store import open_store
+        from ris.producer.client import Producer
 
         real = real_embeddings(real_paths)
         query_vecs = real_embeddings(query_files)

@@ -8,8 +8,8 @@ from celery import Celery
 from celery.backends.redis import RedisBackend
 from kombu import Queue
 
-from common.jobs import keepalive_options
-from common.settings import Settings, get_settings
+from ris.common.jobs import keepalive_options
+from ris.common.settings import Settings, get_settings
 
 INGEST_TASK = "ris.ingest_chunk"
 SEARCH_TASK = "ris.search"
@@ -30,7 +30,7 @@ def make_app(settings: Settings) -> Celery:
     """Build the Celery app for ``settings``."""
     url = settings.redis_url.get_secret_value()
     backend = f"{__name__}:{KeepaliveRedisBackend.__name__}+{url}"
-    app = Celery("ris", broker=url, backend=backend, include=["workers.tasks"])
+    app = Celery("ris", broker=url, backend=backend, include=["ris.workers.tasks"])
     dead_after = settings.redis_dead_after_s
     app.conf.update(
         # JSON only: a pickled message is rejected, never executed.

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.models import Embedder, model_key
-from common.settings import Settings
+from ris.common.models import Embedder, model_key
+from ris.common.settings import Settings
 
 log = logging.getLogger(__name__)
 

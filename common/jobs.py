@@ -14,7 +14,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from common.settings import Settings
+from ris.common.settings import Settings
 
 _PREFIX = "ris:job:"
 

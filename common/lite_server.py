@@ -180,7 +180,7 @@ def ensure_lite_server(
     """Return the ``http://`` URI of the server for ``db_path``, starting one if none runs,
     listening on ``bind_address`` (default ``RIS_LITE_BIND_ADDRESS``)."""
     if bind_address is None:
-        from common.settings import get_settings
+        from ris.common.settings import get_settings
 
         bind_address = get_settings().lite_bind_address
     db = Path(db_path).expanduser().absolute()
@@ -201,7 +201,7 @@ def ensure_lite_server(
         address = previous
         log_file = _side_file(db, "server.log")
         offset = log_file.stat().st_size if log_file.exists() else 0
-        cmd = [sys.executable, "-m", "common.lite_server", str(db), address]
+        cmd = [sys.executable, "-m", "ris.common.lite_server", str(db), address]
         if registry is not None:
             cmd.append(str(registry))
         with open(log_file, "ab") as out:
@@ -268,7 +268,7 @@ def list_lite_servers(registry: Path) -> list[LiteServer]:
     return found
 
 
-# --- the wrapper process: python -m common.lite_server DB ADDRESS [REGISTRY] ----------------
+# --- the wrapper process: python -m ris.common.lite_server DB ADDRESS [REGISTRY] ----------------
 def _take_engine_lock(db: Path) -> int:
     """The exclusive engine lock of ``db``; waits briefly for an engine that is shutting down."""
     fd = os.open(_side_file(db, "engine.lock"), os.O_RDWR | os.O_CREAT, 0o644)

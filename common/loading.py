@@ -1,7 +1,7 @@
 """Load one image for the model: read its bytes (unless given), hash them, skip it when the
 stored hash matches, decode it. What a decoding process (or thread) does, in one place.
 
-A GPU worker runs this in processes (``common.decode_pool``): reading, hashing and decoding
+A GPU worker runs this in processes (``ris.common.decode_pool``): reading, hashing and decoding
 would otherwise take the worker's GIL away from the loop that feeds the GPU. A file is held
 only while it is decoded, so a worker's memory is bounded by its decoders, not by its files.
 """
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.images import ImageError, decode
-from common.paths import FILE_SCHEME, decode_file_url
-from common.settings import Settings
-from common.sources import SourceError, check_allowed, read_source
+from ris.common.images import ImageError, decode
+from ris.common.paths import FILE_SCHEME, decode_file_url
+from ris.common.settings import Settings
+from ris.common.sources import SourceError, check_allowed, read_source
 
 # (key, image bytes or None to read the file or URL named by key, sha256 already stored or None)
 Item = tuple[str, bytes | None, str | None]
@@ -31,7 +31,7 @@ class Loaded:
     pixels: np.ndarray | None = None  # uint8 (S, S, 3)
     width: int = 0  # of the original, upright
     height: int = 0
-    # Where the pixels wait in the decoding processes' shared memory instead (common.decode_pool)
+    # Where the pixels wait in the decoding processes' shared memory (ris.common.decode_pool)
     slot: int = -1
     unchanged: bool = False
     error: str | None = None

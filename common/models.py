@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.images import normalise
-from common.settings import Settings
+from ris.common.images import normalise
+from ris.common.settings import Settings
 
 if TYPE_CHECKING:
     import torch
@@ -189,7 +189,7 @@ class Embedder:
     """Turns uint8 image batches into L2-normalised vectors.
 
     Loaded once per worker process, and called from one thread only (the process's
-    :class:`common.inference.InferenceEngine`): torch on CUDA pays cuDNN's per-thread set-up
+    :class:`ris.common.inference.InferenceEngine`): torch on CUDA pays cuDNN's per-thread set-up
     on every convolution of a thread it has not seen before.
     """
 

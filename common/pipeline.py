@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from common import decode_pool
-from common.inference import InferenceEngine, get_engine
-from common.loading import Item, Loaded, load
-from common.models import get_spec
-from common.settings import Settings
+from ris.common import decode_pool
+from ris.common.inference import InferenceEngine, get_engine
+from ris.common.loading import Item, Loaded, load
+from ris.common.models import get_spec
+from ris.common.settings import Settings
 
 # towhee logs every node start at INFO, once per call.
 logging.getLogger("towhee").setLevel(logging.WARNING)

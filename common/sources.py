@@ -15,8 +15,8 @@ from typing import BinaryIO, NamedTuple
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from common.paths import FILE_SCHEME, decode_file_url
-from common.settings import Settings
+from ris.common.paths import FILE_SCHEME, decode_file_url
+from ris.common.settings import Settings
 
 
 class SourceError(ValueError):

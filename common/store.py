@@ -22,7 +22,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from common.settings import Settings
+from ris.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def milvus_uri(settings: Settings, create: bool = True) -> str:
     """The URI clients connect to: a Lite file is served once and shared by all processes.
     Without ``create`` a Lite file that does not exist is an error, not a new database."""
     if settings.milvus_is_lite:
-        from common.lite_server import ensure_lite_server
+        from ris.common.lite_server import ensure_lite_server
 
         db = os.path.abspath(os.path.expanduser(settings.milvus_uri))
         if not create and not os.path.exists(db):
@@ -366,7 +366,7 @@ class ImageStore:
     def rows_under(self, folder: str) -> dict[int, tuple[str, int, int]]:
         """``id -> (path, size, mtime_ns)`` of every row under ``folder`` (size and mtime -1
         on a collection without the stat fields), read in batches."""
-        from common.filters import under_expression
+        from ris.common.filters import under_expression
 
         fields = ["id", "path", *(STAT_FIELDS if self.has_stat_fields else ())]
         found: dict[int, tuple[str, int, int]] = {}
@@ -399,7 +399,7 @@ class ImageStore:
         return out
 
     def ids(self, expression: str = "") -> list[int]:
-        """Every id matching ``expression`` (built by :mod:`common.filters`; "" for all)."""
+        """Every id matching ``expression`` (built by :mod:`ris.common.filters`; "" for all)."""
         found: list[int] = []
         rows = self.client.query_iterator(
             self.name,
@@ -419,7 +419,7 @@ class ImageStore:
         self, vectors: np.ndarray, top_k: int, expression: str = ""
     ) -> list[list[tuple[int, float]]]:
         """Nearest ids and scores for each query vector (IP/COSINE: higher is closer), among
-        the rows matching ``expression`` (built by :mod:`common.filters`; "" for all)."""
+        the rows matching ``expression`` (built by :mod:`ris.common.filters`; "" for all)."""
         params = dict(self.settings.search_params)
         if "ef" in params:  # HNSW refuses a candidate list shorter than the results asked for
             params["ef"] = max(int(params["ef"]), top_k)
@@ -500,7 +500,7 @@ class BoundedClient:
                 lg.setLevel(level)
 
     def _lite_engine_gone(self) -> bool:
-        from common.lite_server import engine_running
+        from ris.common.lite_server import engine_running
 
         if not self.settings.milvus_is_lite:
             return False
@@ -568,7 +568,7 @@ def drop_collection(settings: Settings, name: str | None = None) -> None:
 def open_store(settings: Settings, create: bool = True) -> ImageStore:
     """The store for the configured model (its dimension comes from the model registry);
     ``create=False`` opens an existing collection only."""
-    from common.models import get_spec
+    from ris.common.models import get_spec
 
     spec = get_spec(settings.model)
     return ImageStore(settings, spec.name, spec.dim, create)

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from common.settings import MAX_TOP_K, get_settings
+from ris.common.settings import MAX_TOP_K, get_settings
 
 log = logging.getLogger("ris")
 
@@ -28,7 +28,7 @@ def _top_k(text: str) -> int:
 
 
 def _producer() -> Any:
-    from producer.client import Producer
+    from ris.producer.client import Producer
 
     return Producer(get_settings())
 
@@ -84,8 +84,8 @@ def _enqueue(producer: Any, args: argparse.Namespace, paths: Any, job_id: str) -
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from producer.client import NoWorkerError
-    from producer.inputs import expand_inputs
+    from ris.producer.client import NoWorkerError
+    from ris.producer.inputs import expand_inputs
 
     producer = _producer()
     paths = expand_inputs(args.inputs)
@@ -143,7 +143,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from producer.sync import describe, plan_sync, stat_note
+    from ris.producer.sync import describe, plan_sync, stat_note
 
     producer = _producer()
     store = producer.store_for(args.collection, create=True)
@@ -178,8 +178,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from common.filters import SearchFilter
-    from producer.duplicates import find_duplicates, write_groups
+    from ris.common.filters import SearchFilter
+    from ris.producer.duplicates import find_duplicates, write_groups
 
     producer = _producer()
     threshold = get_settings().duplicates_threshold if args.threshold is None else args.threshold
@@ -246,14 +246,14 @@ def _show_results(results: list[Any], args: argparse.Namespace) -> int:
             for rank, hit in enumerate(res.hits, 1):
                 print(f"  {rank:>3}  score={hit.score:.4f}  id={hit.id}  {hit.path}")
     if getattr(args, "show", None):
-        from producer.grid import draw_grid
+        from ris.producer.grid import draw_grid
 
         print(f"grid saved to {draw_grid([r for r in results if not r.error], args.show)}")
     return 1 if any(r.error for r in results) else 0
 
 
 def _search_filter(args: argparse.Namespace) -> Any:
-    from common.filters import SearchFilter
+    from ris.common.filters import SearchFilter
 
     return SearchFilter.build(
         args.under, args.ingested_after, args.ingested_before, args.min_width, args.min_height
@@ -263,9 +263,9 @@ def _search_filter(args: argparse.Namespace) -> Any:
 def cmd_search(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from producer.batch import write_results_csv
-    from producer.client import QueryError, QueryResult
-    from producer.inputs import expand_inputs
+    from ris.producer.batch import write_results_csv
+    from ris.producer.client import QueryError, QueryResult
+    from ris.producer.inputs import expand_inputs
 
     producer = _producer()
     top_k = args.top_k or get_settings().top_k
@@ -305,7 +305,7 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.main import run_worker
+    from ris.workers.main import run_worker
 
     run_worker(args.queue, args.concurrency, args.loglevel, args.hostname)
     return 0
@@ -314,14 +314,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_flower(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from producer.flower import run_flower
+    from ris.producer.flower import run_flower
 
     run_flower(get_settings(), Path(args.db))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from producer.api.serve import run_api
+    from ris.producer.api.serve import run_api
 
     overrides = {k: v for k, v in (("api_host", args.host), ("api_port", args.port)) if v}
     run_api(get_settings().model_copy(update=overrides))
@@ -329,8 +329,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from common.store import path_id
-    from producer.inputs import expand_inputs
+    from ris.common.store import path_id
+    from ris.producer.inputs import expand_inputs
 
     store = _producer().store
     if args.prefix:
@@ -370,13 +370,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _lite_servers() -> list[dict[str, Any]]:
-    from common.lite_server import list_lite_servers
+    from ris.common.lite_server import list_lite_servers
 
     return [asdict(s) for s in list_lite_servers(get_settings().lite_registry_dir)]
 
 
 def cmd_lite(args: argparse.Namespace) -> int:
-    from common.lite_server import list_lite_servers, stop_lite_server
+    from ris.common.lite_server import list_lite_servers, stop_lite_server
 
     settings = get_settings()
     if args.action == "list":
@@ -397,7 +397,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
     if not args.yes:
         print("refusing to drop without --yes", file=sys.stderr)
         return 2
-    from common.store import drop_collection
+    from ris.common.store import drop_collection
 
     drop_collection(get_settings())
     print(f"dropped collection {get_settings().collection!r}")
@@ -405,7 +405,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from producer.evaluation import evaluate, evaluate_near_duplicates, load_dataset
+    from ris.producer.evaluation import evaluate, evaluate_near_duplicates, load_dataset
 
     producer = _producer()
     if not producer.workers_online():
@@ -417,7 +417,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import tempfile
         from pathlib import Path
 
-        from producer.inputs import expand_inputs
+        from ris.producer.inputs import expand_inputs
 
         distractors = list(expand_inputs(args.distractors)) if args.distractors else []
         with tempfile.TemporaryDirectory(prefix="ris-neardup-") as tmp:
@@ -453,7 +453,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from producer.demo import run_demo
+    from ris.producer.demo import run_demo
 
     return run_demo(args.folder, args.out)
 
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command in _NEEDS_REDIS:
-            from common.local_redis import check_redis
+            from ris.common.local_redis import check_redis
 
             settings = get_settings()
             check_redis(settings.redis_url.get_secret_value(), settings.redis_check_timeout_s)
@@ -624,11 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from common.filters import FilterError
-        from common.lite_server import LiteServerError
-        from common.store import StoreError
-        from producer.evaluation import DatasetError
-        from producer.sync import SyncError
+        from ris.common.filters import FilterError
+        from ris.common.lite_server import LiteServerError
+        from ris.common.store import StoreError
+        from ris.producer.evaluation import DatasetError
+        from ris.producer.sync import SyncError
 
         if isinstance(
             exc,

@@ -21,12 +21,12 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis import RedisError
 
-from common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
-from common.filters import SearchFilter
-from common.jobs import JobProgress, JobTracker, redis_client
-from common.paths import FILE_SCHEME, decode_file_url, encode_path
-from common.settings import Settings, get_settings
-from common.store import Hit, ImageStore, StoreCache, drop_collection, store_identity
+from ris.common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
+from ris.common.filters import SearchFilter
+from ris.common.jobs import JobProgress, JobTracker, redis_client
+from ris.common.paths import FILE_SCHEME, decode_file_url, encode_path
+from ris.common.settings import Settings, get_settings
+from ris.common.store import Hit, ImageStore, StoreCache, drop_collection, store_identity
 
 
 class QueryError(ValueError):

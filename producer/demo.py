@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.local_redis import redis_answers, start_redis
-from common.settings import get_settings
+from ris.common.local_redis import redis_answers, start_redis
+from ris.common.settings import get_settings
 
 SAMPLE_PHOTOS = (
     "astronaut.png",
@@ -78,10 +78,10 @@ def run_demo(folder: str | None, out: str) -> int:
         print(f"no Redis answered; started one at {url}")
     settings = get_settings()
 
-    from producer.client import Producer
-    from producer.grid import draw_grid
-    from producer.inputs import expand_inputs
-    from producer.local_worker import start_worker_process
+    from ris.producer.client import Producer
+    from ris.producer.grid import draw_grid
+    from ris.producer.inputs import expand_inputs
+    from ris.producer.local_worker import start_worker_process
 
     images = Path(folder) if folder else sample_photos(data_dir / "samples")
     producer = Producer(settings)

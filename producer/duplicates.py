@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from celery.result import AsyncResult
 
-from common.duplicates import DUPLICATES_TASK, DUPLICATES_TOP_K, group_pairs
-from common.filters import SearchFilter
-from producer.client import Producer
+from ris.common.duplicates import DUPLICATES_TASK, DUPLICATES_TOP_K, group_pairs
+from ris.common.filters import SearchFilter
+from ris.producer.client import Producer
 
 
 class DuplicatesError(RuntimeError):

@@ -21,8 +21,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from producer.client import Producer
-from producer.inputs import expand_inputs, image_extensions
+from ris.producer.client import Producer
+from ris.producer.inputs import expand_inputs, image_extensions
 
 
 class DatasetError(ValueError):

@@ -6,7 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from common.settings import Settings
+from ris.common.settings import Settings
 
 
 def is_loopback(address: str) -> bool:
@@ -23,7 +23,7 @@ def run_flower(settings: Settings, state_db: Path) -> None:
     Basic auth comes from ``RIS_FLOWER_BASIC_AUTH``; without it Flower listens on loopback
     only. Its state (the task list) persists in ``state_db`` across restarts.
     """
-    from common.celery_app import app
+    from ris.common.celery_app import app
 
     auth = settings.flower_basic_auth
     if auth is None and not is_loopback(settings.flower_address):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from common.images import ImageError, open_rgb
-from common.settings import get_settings
-from common.sources import SourceError, read_source
-from producer.client import QueryResult
+from ris.common.images import ImageError, open_rgb
+from ris.common.settings import get_settings
+from ris.common.sources import SourceError, read_source
+from ris.producer.client import QueryResult
 
 _TILE = 224
 _CAPTION = 34

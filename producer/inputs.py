@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from common.paths import encode_path
+from ris.common.paths import encode_path
 
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".tsv"})
 URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "file://")
@@ -33,7 +33,7 @@ def image_extensions() -> frozenset[str]:
     decoder module registered its plugins), minus stub formats with no decoder."""
     from PIL import EpsImagePlugin, Image, ImageFile
 
-    import common.images  # noqa: F401  (registers the decoder's plugins, if any)
+    import ris.common.images  # noqa: F401  (registers the decoder's plugins, if any)
 
     Image.init()
     out = set()

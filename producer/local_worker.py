@@ -38,7 +38,7 @@ def start_worker_process(
             *prefix,
             sys.executable,
             "-m",
-            "producer.cli",
+            "ris.producer.cli",
             "worker",
             "--queue",
             queue,

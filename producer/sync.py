@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from common.store import ImageStore, path_id
-from producer.inputs import image_extensions
+from ris.common.store import ImageStore, path_id
+from ris.producer.inputs import image_extensions
 
 
 class SyncError(ValueError):

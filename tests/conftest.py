@@ -23,13 +23,13 @@ from tests.helpers import start_worker, stop_worker
 from tests.milvus_server import MilvusServer, MilvusServerUnavailable
 
 if TYPE_CHECKING:  # imported late: the Celery app must see the test environment
-    from producer.client import Producer
+    from ris.producer.client import Producer
 
 _STATE: dict[str, object] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from common.local_redis import redis_answers, start_redis
+    from ris.common.local_redis import redis_answers, start_redis
 
     tmp = Path(tempfile.mkdtemp(prefix="ris-tests-"))
     _STATE["tmp"] = tmp
@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from common.lite_server import stop_lite_server
+    from ris.common.lite_server import stop_lite_server
 
     tmp = _STATE.get("tmp")
     if isinstance(tmp, Path):
@@ -86,15 +86,15 @@ def worker(tmp_root: Path) -> Iterator[subprocess.Popen[bytes]]:
 @pytest.fixture(scope="session")
 def photos(tmp_root: Path) -> Path:
     """The natural photos scikit-image and scikit-learn ship, in a folder of their own."""
-    from producer.demo import sample_photos
+    from ris.producer.demo import sample_photos
 
     return sample_photos(tmp_root / "photos")
 
 
 @pytest.fixture(scope="session")
 def producer() -> Producer:
-    from common.settings import get_settings
-    from producer.client import Producer
+    from ris.common.settings import get_settings
+    from ris.producer.client import Producer
 
     return Producer(get_settings())
 
@@ -126,8 +126,8 @@ class Backend:
 def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]:
     """Each test using it runs on Milvus Lite (the session's worker) and on a Milvus server
     (a worker of its own, on another Redis database so the two workers share no queue)."""
-    from common.settings import get_settings
-    from producer.client import Producer
+    from ris.common.settings import get_settings
+    from ris.producer.client import Producer
     from tests.helpers import celery_app_for
 
     if request.param == "lite":

@@ -30,7 +30,7 @@ def start_worker(
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a real, unprivileged ``ris worker`` process and wait until it answers a ping."""
-    from producer.local_worker import start_worker_process
+    from ris.producer.local_worker import start_worker_process
 
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -45,8 +45,8 @@ def celery_app_for(env: dict[str, str] | None) -> Celery:
     """The Celery app of the cluster that ``env`` (RIS_* overrides) points at."""
     from pydantic import SecretStr
 
-    from common.celery_app import app, make_app
-    from common.settings import get_settings
+    from ris.common.celery_app import app, make_app
+    from ris.common.settings import get_settings
 
     if not env or "RIS_REDIS_URL" not in env:
         return app
@@ -76,7 +76,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``ris`` command line in a subprocess (``env``: RIS_* overrides)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "producer.cli", *args],
+        [sys.executable, "-m", "ris.producer.cli", *args],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,

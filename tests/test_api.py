@@ -25,7 +25,7 @@ import pytest
 import requests
 from PIL import Image
 
-from common.store import path_id
+from ris.common.store import path_id
 from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -68,7 +68,7 @@ def launch(host: str, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[
     full_env = {**os.environ, "RIS_API_HOST": host, "RIS_API_PORT": str(port), **env}
     out = open(log, "ab")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "serve"],
+        [sys.executable, "-m", "ris.producer.cli", "serve"],
         cwd=ROOT,
         env=full_env,
         stdout=out,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from common.store import path_id
+from ris.common.store import path_id
 from tests.conftest import Backend
 from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli
 
@@ -201,7 +201,7 @@ def test_a_query_that_fails_on_the_worker_is_reported_with_the_others(
 ) -> None:
     """The worker refuses to search a collection built by another model: that query's error is
     shown, the query beside it is answered, and the exit status says something failed."""
-    from common.store import ImageStore
+    from ris.common.store import ImageStore
 
     settings = backend.producer.settings.model_copy(update={"collection": "built_by_resnet"})
     other = ImageStore(settings, "resnet50", 2048)

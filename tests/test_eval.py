@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from producer.evaluation import average_precision, hit_ratio, load_dataset, score
+from ris.producer.evaluation import average_precision, hit_ratio, load_dataset, score
 from tests.helpers import run_cli
 
 

@@ -24,10 +24,10 @@ from PIL import Image, ImageOps
 from pydantic import SecretStr
 from pymilvus.exceptions import MilvusException
 
-from common.local_redis import start_redis
-from common.settings import Settings, get_settings
-from common.store import ImageStore, path_id
-from producer.client import Producer
+from ris.common.local_redis import start_redis
+from ris.common.settings import Settings, get_settings
+from ris.common.store import ImageStore, path_id
+from ris.producer.client import Producer
 from tests.helpers import ROOT, celery_app_for, free_port, run_cli, start_worker, stop_worker
 
 
@@ -69,7 +69,7 @@ class Cluster:
             [
                 sys.executable,
                 "-m",
-                "common.lite_server",
+                "ris.common.lite_server",
                 str(self.root / "faults.db"),
                 f"127.0.0.1:{self.milvus_port}",
             ],
@@ -109,7 +109,7 @@ class Cluster:
         return Producer(self.settings(), celery_app_for(self.env))
 
     def store(self) -> ImageStore:
-        from common.store import open_store
+        from ris.common.store import open_store
 
         return open_store(self.settings())
 
@@ -119,7 +119,7 @@ class Cluster:
     def ingest_in_background(self, folder: Path) -> subprocess.Popen[str]:
         """A real `ris ingest FOLDER` against this cluster; its output on ``stdout``."""
         return subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "ingest", str(folder), "--quiet"],
+            [sys.executable, "-m", "ris.producer.cli", "ingest", str(folder), "--quiet"],
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdout=subprocess.PIPE,
@@ -343,7 +343,7 @@ def test_interrupted_producer_resumes_without_duplicates(
     job = producer.job_id_for([folder], "cpu")
 
     def interrupted() -> Iterator[str]:
-        from producer.inputs import expand_inputs
+        from ris.producer.inputs import expand_inputs
 
         for n, path in enumerate(expand_inputs([folder])):
             if n == 10:  # mid-chunk: chunks 0 and 1 (8 paths) were sent

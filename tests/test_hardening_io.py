@@ -25,10 +25,10 @@ import pytest
 from PIL import Image, ImageOps
 from pydantic import SecretStr
 
-from common.local_redis import start_redis
-from common.settings import Settings, get_settings
-from common.store import ImageStore, open_store, path_id
-from producer.client import Producer
+from ris.common.local_redis import start_redis
+from ris.common.settings import Settings, get_settings
+from ris.common.store import ImageStore, open_store, path_id
+from ris.producer.client import Producer
 from tests.helpers import ROOT, celery_app_for, free_port, run_cli, start_worker, stop_worker
 
 SOFT_LIMIT_S = 15
@@ -355,7 +355,7 @@ def test_ctrl_c_while_enqueueing_reports_and_resumes_exactly(io: IoCluster, tmp_
     producer = io.producer()
     job = producer.job_id_for([str(listing)], "cpu")
     cli = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "ingest", str(listing), "--quiet"],
+        [sys.executable, "-m", "ris.producer.cli", "ingest", str(listing), "--quiet"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

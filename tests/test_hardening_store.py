@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.settings import get_settings
-from common.store import open_store, path_id
+from ris.common.settings import get_settings
+from ris.common.store import open_store, path_id
 from tests.helpers import ROOT, UNPRIVILEGED, run_cli, start_worker, stop_worker
 
 
@@ -91,7 +91,7 @@ def _fill(db: Path, collection: str, n: int) -> None:
 @pytest.fixture
 def lite_db(tmp_path: Path) -> Iterator[Path]:
     """A private Milvus Lite file; its server is stopped afterwards."""
-    from common.lite_server import stop_lite_server
+    from ris.common.lite_server import stop_lite_server
 
     db = tmp_path / "own.db"
     yield db
@@ -129,7 +129,7 @@ def test_delete_prefix_is_a_folder_with_plain_wildcards_and_counts_real_rows(
 
 def test_delete_prefix_removes_more_rows_than_one_query_returns(lite_db: Path) -> None:
     """On the store (4-dim vectors: 20,000 model-sized rows take minutes to write here)."""
-    from common.store import ImageStore
+    from ris.common.store import ImageStore
 
     settings = get_settings().model_copy(
         update={"milvus_uri": str(lite_db), "collection": "many", "index_type": "FLAT"}
@@ -199,7 +199,7 @@ def test_killed_wrapper_takes_its_engine_and_one_engine_serves_the_db(lite_db: P
         [
             sys.executable,
             "-c",
-            "import sys; from common.lite_server import ensure_lite_server; "
+            "import sys; from ris.common.lite_server import ensure_lite_server; "
             "ensure_lite_server(sys.argv[1])",
             str(lite_db),
         ],
@@ -219,10 +219,10 @@ def test_killed_wrapper_takes_its_engine_and_one_engine_serves_the_db(lite_db: P
     assert info["rows"] == 7
     assert len(_engines(lite_db)) == 1
     # A second server for the same file is refused by the engine's own lock.
-    from common.lite_server import _side_file
+    from ris.common.lite_server import _side_file
 
     second = subprocess.run(
-        [sys.executable, "-m", "common.lite_server", str(lite_db), "127.0.0.1:1"],
+        [sys.executable, "-m", "ris.common.lite_server", str(lite_db), "127.0.0.1:1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -296,7 +296,7 @@ def test_corrupt_db_says_what_is_wrong(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() == 0 and not UNPRIVILEGED, reason="root ignores permissions")
 def test_db_in_read_only_folder_says_so(lite_db: Path) -> None:
-    from common.lite_server import stop_lite_server
+    from ris.common.lite_server import stop_lite_server
 
     _fill(lite_db, "ro", 1)
     stop_lite_server(lite_db)
@@ -306,7 +306,7 @@ def test_db_in_read_only_folder_says_so(lite_db: Path) -> None:
     folder.chmod(0o555)
     try:
         proc = subprocess.run(
-            [*UNPRIVILEGED, sys.executable, "-m", "producer.cli", "info"],
+            [*UNPRIVILEGED, sys.executable, "-m", "ris.producer.cli", "info"],
             cwd=ROOT,
             env={**os.environ, **_lite_env(lite_db, "ro")},
             capture_output=True,

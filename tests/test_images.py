@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.images import DecodedImage, ImageError, decode, normalise, open_rgb
-from common.models import get_spec
+from ris.common.images import DecodedImage, ImageError, decode, normalise, open_rgb
+from ris.common.models import get_spec
 
 SPEC = get_spec("efficientnet-lite0")
 LIMIT = 100_000_000

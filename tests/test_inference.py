@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import redis
 
-from common.images import decode, normalise
-from common.inference import InferenceEngine
-from common.loading import Item
-from common.models import Embedder, get_spec
-from common.pipeline import EmbeddingPipeline
-from common.settings import Settings, get_settings
-from producer.client import Producer
+from ris.common.images import decode, normalise
+from ris.common.inference import InferenceEngine
+from ris.common.loading import Item
+from ris.common.models import Embedder, get_spec
+from ris.common.pipeline import EmbeddingPipeline
+from ris.common.settings import Settings, get_settings
+from ris.producer.client import Producer
 from tests.helpers import start_worker, stop_worker
 
 SPEC = get_spec("efficientnet-lite0")
@@ -201,8 +201,8 @@ def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     import os
     import signal
 
-    from common import decode_pool
-    from common.loading import load
+    from ris.common import decode_pool
+    from ris.common.loading import load
 
     settings = get_settings()
     paths = [(key, None, None) for key, _, _ in items]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from producer.inputs import expand_inputs
+from ris.producer.inputs import expand_inputs
 
 
 def _tree(root: Path) -> None:

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from common.jobs import JobTracker, keepalive_options, redis_client
-from common.settings import get_settings
+from ris.common.jobs import JobTracker, keepalive_options, redis_client
+from ris.common.settings import get_settings
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_unchanged_beats_failed_and_failures_keep_their_reason(tracker: JobTrack
 
 def test_redis_clients_detect_dead_connections() -> None:
     """Progress and result-backend connections carry TCP keepalive and a user timeout."""
-    from common.celery_app import app
+    from ris.common.celery_app import app
 
     opts = keepalive_options(get_settings())
     assert socket.TCP_USER_TIMEOUT in opts

@@ -259,7 +259,7 @@ def test_duplicates_groups_generated_copies_among_distractors(tmp_path: Path, ph
 
 
 def test_union_find_joins_transitively() -> None:
-    from common.duplicates import group_pairs, pair_set
+    from ris.common.duplicates import group_pairs, pair_set
 
     groups = group_pairs([(1, 2, 0.9), (3, 4, 0.9), (2, 5, 0.95), (6, 6, 1.0)])
     assert groups == [[1, 2, 5], [3, 4]]
@@ -269,9 +269,9 @@ def test_union_find_joins_transitively() -> None:
 def test_sync_on_a_collection_created_before_the_stat_fields(tmp_path: Path, photos: Path) -> None:
     from pymilvus import DataType
 
-    from common.models import get_spec
-    from common.settings import get_settings
-    from common.store import milvus_client
+    from ris.common.models import get_spec
+    from ris.common.settings import get_settings
+    from ris.common.store import milvus_client
 
     env = _collection_env()
     settings = get_settings()

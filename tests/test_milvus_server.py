@@ -8,8 +8,8 @@ import uuid
 import numpy as np
 import pytest
 
-from common.settings import Settings
-from common.store import ImageStore
+from ris.common.settings import Settings
+from ris.common.store import ImageStore
 from tests.helpers import run_cli
 from tests.milvus_server import MilvusServer
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.images import decode, normalise
-from common.models import export_onnx, get_spec
-from common.settings import Settings, get_settings
-from common.store import ImageStore, SchemaMismatchError, path_id
+from ris.common.images import decode, normalise
+from ris.common.models import export_onnx, get_spec
+from ris.common.settings import Settings, get_settings
+from ris.common.store import ImageStore, SchemaMismatchError, path_id
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def batch(photos: Path) -> np.ndarray:
 
 
 def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
-    from common.models import Embedder
+    from ris.common.models import Embedder
 
     base = get_settings()
     onnx = Embedder(base.model_copy(update={"runtime": "onnx"})).embed(batch)
@@ -56,7 +56,7 @@ def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray)
 def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> None:
     import torch
 
-    from common.models import Embedder
+    from ris.common.models import Embedder
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
@@ -95,7 +95,7 @@ def test_collection_refuses_another_model() -> None:
 def test_milvus_lite_refuses_server_only_index_types() -> None:
     from pydantic import ValidationError
 
-    from common.settings import Settings
+    from ris.common.settings import Settings
 
     with pytest.raises(ValidationError, match="HNSW needs a Milvus server"):
         Settings(milvus_uri="some.db", index_type="HNSW")
@@ -115,7 +115,7 @@ def test_index_parameters_follow_the_index_type() -> None:
 def test_refused_index_is_an_error_and_a_later_run_indexes_the_collection() -> None:
     """Over http:// nothing tells a Lite server from a standalone one: Milvus Lite refuses
     HNSW at index creation, which must fail loudly, never leave an unsearchable collection."""
-    from common.store import milvus_uri
+    from ris.common.store import milvus_uri
 
     base = {"milvus_uri": milvus_uri(get_settings()), "collection": "test_refused_index"}
     with pytest.raises(SchemaMismatchError, match=r"refused index HNSW .*local mode"):

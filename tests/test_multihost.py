@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from common.jobs import JobProgress, JobTracker, redis_client
-from common.settings import Settings, get_settings
+from ris.common.jobs import JobProgress, JobTracker, redis_client
+from ris.common.settings import Settings, get_settings
 from tests.helpers import UNPRIVILEGED, celery_app_for
 from tests.netns import Hosts, NamespacesUnavailable, nfqueue_unavailable
 
@@ -39,8 +39,8 @@ FINISH_MARGIN_S = 60.0  # a job finishes within the fault's duration + this
 # Prints {"count": rows in the collection, "paths": [path of each row found for the ids]}.
 _ROWS = """
 import json, sys
-from common.settings import get_settings
-from common.store import StoreCache, path_id
+from ris.common.settings import get_settings
+from ris.common.store import StoreCache, path_id
 paths = json.load(open(sys.argv[2]))
 store = StoreCache(get_settings()).get(sys.argv[1])
 found = store.resolve([path_id(p) for p in paths])
@@ -89,7 +89,7 @@ class Cluster:
         returns once it answers a ping from ``prod``."""
         self.workers[host] = self.hosts.spawn(
             host,
-            [*UNPRIVILEGED, sys.executable, "-m", "producer.cli", "worker", "--queue", "cpu",
+            [*UNPRIVILEGED, sys.executable, "-m", "ris.producer.cli", "worker", "--queue", "cpu",
              "--queue", host, "--concurrency", "1", "--hostname", f"{host}@%h"],
             env=self.env,
             log=self.root / f"{host}.log",
@@ -131,7 +131,7 @@ class Cluster:
         out = self.root / f"ingest-{collection}.log"
         proc = self.hosts.spawn(
             "prod",
-            [sys.executable, "-m", "producer.cli", "ingest", str(folder), "--quiet",
+            [sys.executable, "-m", "ris.producer.cli", "ingest", str(folder), "--quiet",
              "--queue", queue, "--collection", collection, "--timeout", "600"],
             env={**self.env, **env},
             log=out,
@@ -167,7 +167,7 @@ class Cluster:
         done (a healed worker taking work again)."""
         collection = f"probe_{uuid.uuid4().hex[:6]}"
         with self.hosts.inside("prod"):
-            from producer.client import Producer
+            from ris.producer.client import Producer
 
             producer = Producer(self.settings(), self.app)
             job_id = producer.ingest(images, queue=host, collection=collection)
@@ -239,7 +239,7 @@ def cluster(tmp_root: Path) -> Iterator[Cluster]:
         # The embedded Milvus Lite server, started the product's way, on the private address.
         started = hosts.run(
             "srv",
-            [sys.executable, "-c", "import sys; from common.lite_server import "
+            [sys.executable, "-c", "import sys; from ris.common.lite_server import "
              "ensure_lite_server as e; print(e(sys.argv[1]))", str(root / "milvus.db")],
             env={"RIS_LITE_BIND_ADDRESS": srv},
         )  # fmt: skip

@@ -19,8 +19,8 @@ import pytest
 import requests
 from celery.result import AsyncResult
 
-from common.settings import get_settings
-from producer.client import Producer
+from ris.common.settings import get_settings
+from ris.producer.client import Producer
 from tests.helpers import ROOT, compose_command, free_port, run_cli, start_worker, stop_worker
 
 
@@ -68,7 +68,7 @@ def test_gpu_worker_without_cuda_refuses_to_start() -> None:
 def flower(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "flower", "--db", str(tmp_path / "flower.db")],
+        [sys.executable, "-m", "ris.producer.cli", "flower", "--db", str(tmp_path / "flower.db")],
         cwd=ROOT,
         env={
             **os.environ,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from common.celery_app import INGEST_TASK, app
-from common.sources import SourceError, check_allowed
+from ris.common.celery_app import INGEST_TASK, app
+from ris.common.sources import SourceError, check_allowed
 
 pytestmark = pytest.mark.usefixtures("worker")
 

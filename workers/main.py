@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from common.celery_app import app
-from common.settings import get_settings, is_gpu_queue
+from ris.common.celery_app import app
+from ris.common.settings import get_settings, is_gpu_queue
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def run_worker(
     if settings.worker_pool == "threads":
         # One process: the model on its own thread, tasks on --concurrency threads, decoding
         # in processes. Load it now, so that a broken GPU stops the start, not the first task.
-        from workers.tasks import context
+        from ris.workers.tasks import context
 
         try:
             context()
@@ -43,7 +43,7 @@ def run_worker(
     elif settings.device == "cuda":
         # Prefork: the pool's processes load the model. Check in a spawned process, so this
         # forking parent never touches CUDA.
-        from common.models import require_cuda
+        from ris.common.models import require_cuda
 
         try:
             require_cuda(settings)

@@ -21,16 +21,16 @@ from celery.signals import worker_process_init
 from celery.worker.request import Request
 from pymilvus.exceptions import MilvusException
 
-from common.celery_app import INGEST_TASK, SEARCH_TASK, app
-from common.chunks import chunk_done, record_chunk_done
-from common.duplicates import DUPLICATES_TASK, pairs_of
-from common.filters import FilterError, SearchFilter
-from common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
-from common.loading import file_stat
-from common.paths import encode_path
-from common.pipeline import EmbeddingPipeline
-from common.settings import Settings, get_settings
-from common.store import StoreCache, foreign_store, path_id
+from ris.common.celery_app import INGEST_TASK, SEARCH_TASK, app
+from ris.common.chunks import chunk_done, record_chunk_done
+from ris.common.duplicates import DUPLICATES_TASK, pairs_of
+from ris.common.filters import FilterError, SearchFilter
+from ris.common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
+from ris.common.loading import file_stat
+from ris.common.paths import encode_path
+from ris.common.pipeline import EmbeddingPipeline
+from ris.common.settings import Settings, get_settings
+from ris.common.store import StoreCache, foreign_store, path_id
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import glob
 import os
 
-from common.settings import Settings
-from common.sources import SourceError, check_allowed, read_source, url_allowed
-from producer.inputs import URL_SCHEMES
+from ris.common.settings import Settings
+from ris.common.sources import SourceError, check_allowed, read_source, url_allowed
+from ris.producer.inputs import URL_SCHEMES
 
 
 class AccessError(PermissionError):

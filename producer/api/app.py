@@ -18,14 +18,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from common.filters import FilterError, SearchFilter
-from common.images import ImageError
-from common.settings import Settings
-from common.sources import SourceError
-from common.store import CollectionNotFoundError, ImageStore, milvus_client
-from producer.api.access import AccessError, check_source, read_checked
-from producer.api.imaging import TooLarge, check_image, full_size, thumbnail
-from producer.api.schemas import (
+from ris.common.filters import FilterError, SearchFilter
+from ris.common.images import ImageError
+from ris.common.settings import Settings
+from ris.common.sources import SourceError
+from ris.common.store import CollectionNotFoundError, ImageStore, milvus_client
+from ris.producer.api.access import AccessError, check_source, read_checked
+from ris.producer.api.imaging import TooLarge, check_image, full_size, thumbnail
+from ris.producer.api.schemas import (
     COLLECTION_PATTERN,
     HealthOut,
     HitOut,
@@ -36,10 +36,10 @@ from producer.api.schemas import (
     SyncOut,
     TaskOut,
 )
-from producer.api.security import BodyLimit, TokenGate, token_guard
-from producer.client import Producer, QueryError, QueryResult
-from producer.flower import is_loopback
-from producer.inputs import expand_inputs
+from ris.producer.api.security import BodyLimit, TokenGate, token_guard
+from ris.producer.client import Producer, QueryError, QueryResult
+from ris.producer.flower import is_loopback
+from ris.producer.inputs import expand_inputs
 
 log = logging.getLogger("ris.api")
 
@@ -228,7 +228,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
 
     @api.post("/sync", response_model=SyncOut, summary="Index new and changed files, drop gone")
     def sync(body: SyncIn) -> SyncOut:
-        from producer.sync import SyncError, plan_sync, stat_note
+        from ris.producer.sync import SyncError, plan_sync, stat_note
 
         target_queue = queue_of(body.queue)
         for root in body.roots:

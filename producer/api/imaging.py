@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from common.images import ImageError, open_rgb
+from ris.common.images import ImageError, open_rgb
 
 # Formats a browser shows as they are; anything else is re-encoded to PNG.
 _WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}

@@ -11,8 +11,8 @@ from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.settings import Settings
-from producer.flower import is_loopback
+from ris.common.settings import Settings
+from ris.producer.flower import is_loopback
 
 
 def check_exposure(settings: Settings) -> None:

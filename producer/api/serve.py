@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from common.settings import Settings
-from producer.api.security import check_exposure
+from ris.common.settings import Settings
+from ris.producer.api.security import check_exposure
 
 log = logging.getLogger("ris.api")
 
@@ -15,7 +15,7 @@ def run_api(settings: Settings) -> None:
     check_exposure(settings)  # before anything heavy is imported or connected
     import uvicorn
 
-    from producer.api.app import create_app
+    from ris.producer.api.app import create_app
 
     app = create_app(settings)
     log.info("serving on http://%s:%d", settings.api_host, settings.api_port)
