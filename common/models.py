@@ -152,18 +152,27 @@ def get_spec(name: str) -> ModelSpec:
 
 
 # Bump when the exported graph changes, so that cached exports are rebuilt.
-_EXPORT_VERSION = 2
+_EXPORT_VERSION = 3
+_OPSET = 17
 
 
 def export_onnx(spec: ModelSpec, cache_dir: Path) -> Path:
-    """Export ``spec``'s feature extractor to ONNX once and return the cached file."""
-    import torch
+    """Export ``spec``'s feature extractor to ONNX once and return the cached file.
 
-    key = f"{_EXPORT_VERSION}|{spec.weights_id()}|{torch.__version__}"
+    The cache key names the weights and the graph, not the torch build, so that a worker that
+    only runs ONNX finds its export without importing torch (or having it installed)."""
+    key = f"{_EXPORT_VERSION}|{spec.weights_id()}|{_OPSET}"
     key = hashlib.sha1(key.encode()).hexdigest()[:12]
     target = cache_dir / f"{spec.name}-{key}.onnx"
     if target.exists():
         return target
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError(
+            f"no ONNX export of {spec.name} in {cache_dir}, and exporting one needs torch: "
+            "install ris[worker], or copy the export there (RIS_MODEL_CACHE_DIR)"
+        ) from None
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX at %s (once)", spec.name, target)
     model = spec.load()
@@ -178,7 +187,7 @@ def export_onnx(spec: ModelSpec, cache_dir: Path) -> Path:
             input_names=["images"],
             output_names=["features"],
             dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=17,
+            opset_version=_OPSET,
             dynamo=False,
         )
     tmp.replace(target)  # atomic: concurrent workers never read half a file
