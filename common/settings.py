@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -238,6 +239,26 @@ class Settings(BaseSettings):
     def chunk_size_for(self, queue: str) -> int:
         """Paths per ingest task sent to ``queue``."""
         return self.gpu_chunk_size if is_gpu_queue(queue) else self.chunk_size
+
+    def to_env(self) -> dict[str, str]:
+        """The ``RIS_*`` variables that give a child process (``ris worker``, ``ris serve``)
+        these settings; a setting that is None is left out."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, list):  # as the validators above split them
+                text = (":" if name == "allowed_roots" else ",").join(map(str, value))
+            elif isinstance(value, dict):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"RIS_{name.upper()}"] = text
+        return env
 
     @property
     def milvus_is_lite(self) -> bool:
