@@ -227,7 +227,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _show_results(results: list[Any], args: argparse.Namespace) -> int:
+def _show_results(results: list[Any], args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:
@@ -241,7 +241,9 @@ def _show_results(results: list[Any], args: argparse.Namespace) -> int:
     if getattr(args, "show", None):
         from ris.producer.grid import draw_grid
 
-        print(f"grid saved to {draw_grid([r for r in results if not r.error], args.show)}")
+        print(
+            f"grid saved to {draw_grid([r for r in results if not r.error], args.show, settings)}"
+        )
     return 1 if any(r.error for r in results) else 0
 
 
@@ -289,12 +291,12 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         for r in failed[:20]:
             print(f"  FAILED {r.query}: {r.error}")
         return 1 if failed else 0
-    return _show_results(results, args)
+    return _show_results(results, args, settings)
 
 
 def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
     producer = _producer(settings)
-    return _show_results([producer.collect(t, args.timeout) for t in args.task_ids], args)
+    return _show_results([producer.collect(t, args.timeout) for t in args.task_ids], args, settings)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
