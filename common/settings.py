@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # backoff capped at retry_backoff_max_s, then reported as failed path by path.
     task_max_retries: int = 8
     retry_backoff_max_s: int = 60
-    # `ris ingest` waiting this long without progress checks whether the job's remaining chunks
+    # A producer waiting this long on a job without progress checks whether its remaining chunks
     # still exist (queued, or held by a worker) and sends again those that do not: kombu's Redis
     # transport can lose a message taken by a worker just as Redis goes down.
     stall_check_s: float = 60.0
