@@ -95,6 +95,7 @@ def run_one(
     pid: int | None,
 ) -> Result:
     """Fill a fresh collection with ``vectors``, index, search; drop it again."""
+    from ris.common.contracts import ImageRow
     from ris.common.store import ImageStore
 
     store = ImageStore(settings, "synthetic", vectors.shape[1])
@@ -105,8 +106,15 @@ def run_one(
             # The workers' write path: upsert of whole rows.
             store.upsert(
                 [
-                    {"id": int(i), "vector": vectors[i], "path": f"synthetic/{i}", "sha256": ""}
-                    | {"width": 0, "height": 0, "ingested_at": 0}
+                    ImageRow(
+                        id=int(i),
+                        vector=vectors[i],
+                        path=f"synthetic/{i}",
+                        sha256="",
+                        width=0,
+                        height=0,
+                        ingested_at=0,
+                    )
                     for i in ids[start : start + BATCH]
                 ]
             )

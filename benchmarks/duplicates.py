@@ -39,7 +39,7 @@ def main() -> int:
         with LocalCluster() as cluster:
             return at_scale(cluster, *args.existing.rsplit(":", 1))
 
-    with LocalCluster() as cluster:  # first: the Celery app must see its Redis
+    with LocalCluster() as cluster:
         return run(cluster, args)
 
 
@@ -48,13 +48,12 @@ def at_scale(cluster: LocalCluster, db: str, collection: str) -> int:
 
     from benchmarks.harness import rss_mib
 
-    cluster.new_collection(RIS_MILVUS_URI=db, RIS_COLLECTION=collection)
+    settings = cluster.new_collection(milvus_uri=db, collection=collection)
     cluster.start_workers(1, concurrency=2)
-    from ris.common.settings import get_settings
     from ris.producer.client import Producer
     from ris.producer.duplicates import find_duplicates
 
-    producer = Producer(get_settings())
+    producer = Producer(settings)
     pids = cluster.worker_pids()
     peak = dict.fromkeys(pids, 0.0)
     done = threading.Event()
@@ -66,7 +65,7 @@ def at_scale(cluster: LocalCluster, db: str, collection: str) -> int:
 
     threading.Thread(target=watch, daemon=True).start()
     started = time.perf_counter()
-    found = find_duplicates(producer, get_settings().duplicates_threshold)
+    found = find_duplicates(producer, settings.duplicates_threshold)
     took = time.perf_counter() - started
     done.set()
     producer_peak = rss_mib(os.getpid())[1]
@@ -98,11 +97,10 @@ def run(cluster: LocalCluster, args: argparse.Namespace) -> int:
         f"{len(distractors)} distractors: {len(everything)} images, {len(truth)} true pairs"
     )
     cluster.start_workers(1)
-    from ris.common.settings import get_settings
     from ris.producer.client import Producer
     from ris.producer.duplicates import find_duplicates
 
-    producer = Producer(get_settings())
+    producer = Producer(cluster.settings)
     job = producer.ingest(everything)
     producer.wait(job, timeout_s=1800)
     print(f"threshold {'precision':>9} {'recall':>7} {'groups':>6} {'seconds':>7}")

@@ -100,14 +100,13 @@ def main() -> int:
     distractors = sorted(str(p) for p in (fashion / "distractors").iterdir())
     rows = []
     with LocalCluster() as cluster:
-        from ris.common.settings import get_settings
         from ris.producer.client import Producer
         from ris.producer.evaluation import evaluate, evaluate_near_duplicates, load_dataset
 
         for model in args.models.split(","):
-            cluster.new_collection(RIS_MODEL=model)
+            settings = cluster.new_collection(model=model)
             cluster.start_workers(1)
-            producer = Producer(get_settings())
+            producer = Producer(settings)
             started = time.perf_counter()
             fm = evaluate(producer, load_dataset(fashion), "fashion", 10)
             tx = evaluate(producer, load_dataset(table), "textiles", 10)

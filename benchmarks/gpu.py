@@ -173,22 +173,22 @@ def end_to_end(
     name: str,
     paths: list[Path],
     queue: str,
-    env: dict[str, str],
+    worker: dict[str, Any],
     concurrency: int | None = None,
     log: Path | None = None,
 ) -> None:
-    """Figures 5 and 6: ``ris ingest`` through Redis, real workers and Milvus Lite."""
-    from ris.common.settings import get_settings
+    """Figures 5 and 6: ``ris ingest`` through Redis, real workers (``worker``: their
+    settings) and Milvus Lite."""
     from ris.producer.client import Producer
 
-    cluster.new_collection(**{k: v for k, v in env.items() if k == "RIS_QUEUES"})
+    settings = cluster.new_collection(**{k: v for k, v in worker.items() if k == "queues"})
     t0 = time.perf_counter()
     if log:
         with open(log, "a") as fh:
             fh.write(f"===== {name}\n")
-    cluster.start_workers(1, concurrency, queue=queue, log=log, **env)
+    cluster.start_workers(1, concurrency, queue=queue, log=log, **worker)
     startup = time.perf_counter() - t0
-    producer = Producer(get_settings())
+    producer = Producer(settings)
     producer.store.count()  # the collection exists before the clock starts
     with GpuSampler() as sampler:
         started = time.perf_counter()
@@ -206,7 +206,7 @@ def end_to_end(
         "failed": progress.failed,
         "worker_start_s": round(startup, 1),
         "peak_rss_mib": round(peak),
-        "chunk": get_settings().chunk_size_for(queue),
+        "chunk": settings.chunk_size_for(queue),
         **sampler.summary(),
     }
     say(f"{name}: {RESULTS[name]}")
@@ -289,17 +289,11 @@ def main() -> int:
     decoders, chunk = (2, 16) if args.dry else (cores, 512)
     # The GPU queue needs RIS_DEVICE=cuda; a dry run uses a queue of another name.
     gpu_queue = "gpu" if device == "cuda" else "bulk"
-    gpu_env = {"RIS_DEVICE": device, "RIS_RUNTIME": "torch", "RIS_FP16": "true"}
+    gpu_worker: dict[str, Any] = {"device": device, "runtime": "torch", "fp16": True}
     if args.dry:
-        gpu_env |= {"RIS_QUEUES": "cpu,gpu,bulk", "RIS_WORKER_POOL": "threads"}
-        gpu_env |= {"RIS_DECODE_PROCESSES": "2", "RIS_BATCH_SIZE": "16"}
-    os.environ.update({k: v for k, v in gpu_env.items() if k == "RIS_QUEUES"})
-    cpu_env = {
-        "RIS_DEVICE": "cpu",
-        "RIS_RUNTIME": "onnx",
-        "RIS_INFERENCE_THREADS": "1",
-        "RIS_DECODE_THREADS": "1",
-    }
+        gpu_worker |= {"queues": ["cpu", "gpu", "bulk"], "worker_pool": "threads"}
+        gpu_worker |= {"decode_processes": 2, "batch_size": 16}
+    cpu_worker = {"device": "cpu", "runtime": "onnx", "inference_threads": 1, "decode_threads": 1}
     with LocalCluster() as cluster:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("ceilings", lambda: model_ceilings(device, 16 if args.dry else 256)),
@@ -307,11 +301,11 @@ def main() -> int:
             ("decode", lambda: decode_ceiling(sample, decoders)),
             (
                 "gpu_worker",
-                lambda: end_to_end(cluster, "gpu_worker", paths, gpu_queue, gpu_env, log=wlog),
+                lambda: end_to_end(cluster, "gpu_worker", paths, gpu_queue, gpu_worker, log=wlog),
             ),
             (
                 "cpu_workers",
-                lambda: end_to_end(cluster, "cpu_workers", paths, "cpu", cpu_env, cores),
+                lambda: end_to_end(cluster, "cpu_workers", paths, "cpu", cpu_worker, cores),
             ),
             ("pipeline", lambda: pipeline_alone(sample, device, chunk, decoders)),
         ]
@@ -319,14 +313,14 @@ def main() -> int:
         # batch, fewer decoding processes (cores left to the worker, Redis and Milvus).
         for name, extra, conc in (
             ("gpu_worker_16_in_flight", {}, 16),
-            ("gpu_worker_batch_128", {"RIS_BATCH_SIZE": "128"}, None),
-            ("gpu_worker_12_decoders", {"RIS_DECODE_PROCESSES": str(max(1, cores - 4))}, None),
+            ("gpu_worker_batch_128", {"batch_size": 128}, None),
+            ("gpu_worker_12_decoders", {"decode_processes": max(1, cores - 4)}, None),
         ):
-            env = {**gpu_env, **extra}
+            worker = {**gpu_worker, **extra}
             steps.append(
                 (
                     name,
-                    lambda n=name, e=env, c=conc: end_to_end(
+                    lambda n=name, e=worker, c=conc: end_to_end(
                         cluster, n, paths, gpu_queue, e, c, log=wlog
                     ),
                 )

@@ -13,8 +13,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageEnhance, ImageOps
+
+if TYPE_CHECKING:
+    from ris.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "ris_data" / "bench"
@@ -93,10 +97,11 @@ def children(pid: int) -> list[int]:
 
 @dataclass
 class LocalCluster:
-    """A private Redis and Milvus Lite server, and the ``RIS_*`` environment that points at them."""
+    """A private Redis and Milvus Lite server, and the settings that point at them."""
 
-    env: dict[str, str] = field(default_factory=dict)
+    settings: Settings = field(init=False)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _changes: dict[str, Any] = field(default_factory=dict)
     _redis: subprocess.Popen[bytes] | None = None
     _tmp: Path | None = None
 
@@ -105,24 +110,21 @@ class LocalCluster:
 
         self._tmp = Path(tempfile.mkdtemp(prefix="ris-bench-"))
         url, self._redis = start_redis(workdir=self._tmp)
-        self.env = {
-            "RIS_REDIS_URL": url,
-            "RIS_MILVUS_URI": str(self._tmp / "bench.db"),
-            "RIS_COLLECTION": f"bench_{uuid.uuid4().hex[:6]}",
-        }
-        os.environ.update(self.env)
-        from ris.common.settings import get_settings
-
-        get_settings.cache_clear()
+        self._changes = {"redis_url": url, "milvus_uri": str(self._tmp / "bench.db")}
+        self.new_collection()
         return self
 
-    def new_collection(self, **extra: str) -> None:
-        """Point at a fresh, empty collection (and any other setting changes)."""
-        from ris.common.settings import get_settings
+    def _settings(self, **changes: Any) -> Settings:
+        # Built, not copied: a changed device brings its own defaults (batch, decoding).
+        from ris.common.settings import Settings
 
-        self.env.update({"RIS_COLLECTION": f"bench_{uuid.uuid4().hex[:6]}", **extra})
-        os.environ.update(self.env)
-        get_settings.cache_clear()
+        return Settings(**{**self._changes, **changes})
+
+    def new_collection(self, **changes: Any) -> Settings:
+        """Point at a fresh, empty collection (and any other settings ``changes``)."""
+        self._changes |= {"collection": f"bench_{uuid.uuid4().hex[:6]}", **changes}
+        self.settings = self._settings()
+        return self.settings
 
     def start_workers(
         self,
@@ -130,21 +132,21 @@ class LocalCluster:
         concurrency: int | None = None,
         queue: str = "cpu",
         log: Path | None = None,
-        **extra: str,
+        **changes: Any,
     ) -> None:
-        """Start ``count`` real ``ris worker`` processes and wait until each answers a ping
-        (``log``: append their INFO log there)."""
+        """Start ``count`` real ``ris worker`` processes (``changes``: their own settings) and
+        wait until each answers a ping (``log``: append their INFO log there)."""
         from ris.common.celery_app import make_app
-        from ris.common.settings import get_settings
         from ris.producer.local_worker import start_worker_process
 
-        app = make_app(get_settings())
+        settings = self._settings(**changes)
+        app = make_app(settings)
         for _ in range(count):
             self.workers.append(
                 start_worker_process(
                     app,
                     queue,
-                    env={**self.env, **extra},
+                    env=settings.to_env(),
                     concurrency=concurrency,
                     loglevel="INFO" if log else "WARNING",
                     output=open(log, "ab") if log else subprocess.DEVNULL,  # noqa: SIM115
@@ -156,12 +158,11 @@ class LocalCluster:
     def _warm_up(self, queries: int, queue: str) -> None:
         # A worker answers pings before its pool processes have loaded the model: run a few
         # queries so that no timed run pays for loading.
-        from ris.common.settings import get_settings
         from ris.producer.client import Producer
 
         probe = DATA / "warmup.jpg"
         Image.new("RGB", (64, 64), (90, 120, 150)).save(probe)
-        producer = Producer(get_settings())
+        producer = Producer(self.settings)
         for task_id in [producer.submit_query(str(probe), 1, queue) for _ in range(queries)]:
             producer.collect(task_id, timeout_s=300)
 

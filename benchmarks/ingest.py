@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,15 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import LocalCluster, benchmark_images, machine, rss_mib
 
+if TYPE_CHECKING:
+    from ris.common.settings import Settings
 
-def model_ceiling(paths: list[Path], batch_sizes: tuple[int, ...]) -> tuple[float, int]:
+
+def model_ceiling(
+    settings: Settings, paths: list[Path], batch_sizes: tuple[int, ...]
+) -> tuple[float, int]:
     """Figure 1: images/s of read + decode + preprocess + forward, sequentially, per batch size;
     returns the best and its batch size."""
     from ris.common.images import decode
     from ris.common.models import Embedder, get_spec
-    from ris.common.settings import get_settings
 
-    settings = get_settings()
     spec = get_spec(settings.model)
     embedder = Embedder(settings)
     embedder.embed(np.zeros((2, spec.input_size, spec.input_size, 3), np.uint8))  # warm up
@@ -52,14 +56,14 @@ def model_ceiling(paths: list[Path], batch_sizes: tuple[int, ...]) -> tuple[floa
     return best
 
 
-def tutorial_baseline(paths: list[Path], runtime: str) -> float:
+def tutorial_baseline(settings: Settings, paths: list[Path], runtime: str) -> float:
     """Figure 2: one image at a time through the pipeline, one Milvus insert per image, the
     model run by ``runtime`` (the tutorial runs torch eager)."""
+    from ris.common.contracts import ImageRow
     from ris.common.pipeline import EmbeddingPipeline
-    from ris.common.settings import get_settings
     from ris.common.store import open_store, path_id
 
-    settings = get_settings().model_copy(update={"runtime": runtime, "batch_size": 1})
+    settings = settings.model_copy(update={"runtime": runtime, "batch_size": 1})
     pipeline = EmbeddingPipeline(settings)
     store = open_store(settings)
     pipeline([(str(paths[0]), paths[0].read_bytes(), None)])  # warm up
@@ -68,41 +72,35 @@ def tutorial_baseline(paths: list[Path], runtime: str) -> float:
         res = pipeline([(str(p), p.read_bytes(), None)])[0]
         store.upsert(
             [
-                {
-                    "id": path_id(str(p)),
-                    "vector": res.vector,
-                    "path": str(p),
-                    "sha256": "",
-                    "width": res.width,
-                    "height": res.height,
-                    "ingested_at": int(time.time() * 1000),
-                }
+                ImageRow(
+                    id=path_id(str(p)),
+                    vector=res.vector,
+                    path=str(p),
+                    sha256="",
+                    width=res.width,
+                    height=res.height,
+                    ingested_at=int(time.time() * 1000),
+                )
             ]
         )
     return len(paths) / (time.perf_counter() - started)
 
 
-def milvus_upsert_rate(chunk: int, rows: int = 4096) -> float:
+def milvus_upsert_rate(settings: Settings, chunk: int, rows: int = 4096) -> float:
     """Rows/s one Milvus server takes in chunk-sized upserts: the shared write path."""
-    from ris.common.settings import get_settings
+    from ris.common.contracts import ImageRow
     from ris.common.store import open_store
 
-    store = open_store(get_settings().model_copy(update={"collection": "bench_upsert"}))
+    store = open_store(settings.model_copy(update={"collection": "bench_upsert"}))
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((rows, store.dim)).astype(np.float32)
     started = time.perf_counter()
     for start in range(0, rows, chunk):
         store.upsert(
             [
-                {
-                    "id": i,
-                    "vector": vecs[i],
-                    "path": f"p{i}",
-                    "sha256": "",
-                    "width": 1,
-                    "height": 1,
-                    "ingested_at": 0,
-                }
+                ImageRow(
+                    id=i, vector=vecs[i], path=f"p{i}", sha256="", width=1, height=1, ingested_at=0
+                )
                 for i in range(start, min(rows, start + chunk))
             ]
         )
@@ -115,17 +113,17 @@ def product_run(
     cluster: LocalCluster,
     paths: list[Path],
     processes: int,
-    extra: dict[str, str],
+    worker: dict[str, Any],
     watch_memory: bool = False,
     queue: str = "cpu",
 ) -> dict[str, float]:
-    """Figure 3: ``ris ingest`` through the real queue and workers, enqueue to searchable."""
-    from ris.common.settings import get_settings
+    """Figure 3: ``ris ingest`` through the real queue and workers (``worker``: their
+    settings), enqueue to searchable."""
     from ris.producer.client import Producer
 
-    cluster.new_collection()
-    cluster.start_workers(processes, queue=queue, **extra)
-    producer = Producer(get_settings())
+    settings = cluster.new_collection()
+    cluster.start_workers(processes, queue=queue, **worker)
+    producer = Producer(settings)
     producer.store_for(None, create=True).count()  # the collection exists before the clock starts
     samples: list[tuple[int, float]] = []
     stop = threading.Event()
@@ -179,19 +177,20 @@ def main() -> int:
     print(f"preparing {total} images ...", flush=True)
     paths = benchmark_images(total)
     with LocalCluster() as cluster:
-        from ris.common.settings import get_settings
-
-        settings = get_settings()
+        settings = cluster.settings
         print(f"model {settings.model} ({settings.runtime}), chunk {settings.chunk_size}")
-        fig1, best_bs = model_ceiling(paths[: args.ceiling_images], (1, 2, 4, 8, 16, 32))
-        fig2 = tutorial_baseline(paths[: args.baseline_images], "torch")
+        fig1, best_bs = model_ceiling(settings, paths[: args.ceiling_images], (1, 2, 4, 8, 16, 32))
+        fig2 = tutorial_baseline(settings, paths[: args.baseline_images], "torch")
         print(f"  fig2: {fig2:7.1f} images/s", flush=True)
-        fig2b = tutorial_baseline(paths[: args.baseline_images], "onnx")
+        fig2b = tutorial_baseline(settings, paths[: args.baseline_images], "onnx")
         print(f"  fig2b: {fig2b:7.1f} images/s", flush=True)
-        upsert_rate = milvus_upsert_rate(settings.chunk_size)
+        upsert_rate = milvus_upsert_rate(settings, settings.chunk_size)
         print(f"  milvus upsert: {upsert_rate:7.0f} rows/s", flush=True)
         # One process with every core, or two processes with one inference thread each.
-        configs = {1: {}, 2: {"RIS_INFERENCE_THREADS": "1", "RIS_DECODE_THREADS": "1"}}
+        configs: dict[int, dict[str, Any]] = {
+            1: {},
+            2: {"inference_threads": 1, "decode_threads": 1},
+        }
         fig3 = {}
         for n, extra in configs.items():
             fig3[n] = product_run(cluster, paths[: args.images], n, extra, queue=args.queue)

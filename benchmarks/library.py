@@ -24,12 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import machine
+
+if TYPE_CHECKING:
+    from ris.common.store import ImageStore
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = 100
@@ -49,8 +53,9 @@ def make_files(root: Path, n: int) -> list[tuple[str, int, int]]:
     return out
 
 
-def fill(store: object, files: list[tuple[str, int, int]], dim: int) -> None:
+def fill(store: ImageStore, files: list[tuple[str, int, int]], dim: int) -> None:
     """One row per file, as an ingest would store it (random vectors, random sizes/times)."""
+    from ris.common.contracts import ImageRow
     from ris.common.store import path_id
 
     rng = np.random.default_rng(0)
@@ -58,22 +63,23 @@ def fill(store: object, files: list[tuple[str, int, int]], dim: int) -> None:
         part = files[start : start + 2000]
         vecs = rng.standard_normal((len(part), dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        rows = [
-            {
-                "id": path_id(p),
-                "vector": v.tolist(),
-                "path": p,
-                "sha256": "0" * 64,
-                "width": 100 + (start + j) % 1000,  # half the rows are >= 600 wide
-                "height": 100,
-                "ingested_at": 1_000 * (start + j),  # half the rows after len(files) / 2
-                "size": size,
-                "mtime_ns": mtime,
-            }
-            for j, ((p, size, mtime), v) in enumerate(zip(part, vecs, strict=True))
-        ]
-        store.client.insert(store.name, rows)  # type: ignore[attr-defined]
-    store.flush()  # type: ignore[attr-defined]
+        store.upsert(
+            [
+                ImageRow(
+                    id=path_id(p),
+                    vector=v,
+                    path=p,
+                    sha256="0" * 64,
+                    width=100 + (start + j) % 1000,  # half the rows are >= 600 wide
+                    height=100,
+                    ingested_at=1_000 * (start + j),  # half the rows after len(files) / 2
+                    size=size,
+                    mtime_ns=mtime,
+                )
+                for j, ((p, size, mtime), v) in enumerate(zip(part, vecs, strict=True))
+            ]
+        )
+    store.flush()
 
 
 def time_search(store: object, queries: np.ndarray, expr: str) -> tuple[float, float, int]:
@@ -94,19 +100,16 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ris-bench-library-"))
-    os.environ.update(
-        {
-            "RIS_MILVUS_URI": str(work / "milvus.db"),
-            "RIS_LITE_REGISTRY_DIR": str(work / "lite"),
-            "RIS_COLLECTION": "library_bench",
-        }
-    )
     from ris.common.filters import SearchFilter
     from ris.common.lite_server import stop_lite_server
-    from ris.common.settings import get_settings
+    from ris.common.settings import Settings
     from ris.common.store import open_store
 
-    settings = get_settings()
+    settings = Settings(
+        milvus_uri=str(work / "milvus.db"),
+        lite_registry_dir=work / "lite",
+        collection="library_bench",
+    )
     print(f"machine: {machine()}; {args.n} files, index {settings.index_type}")
     try:
         t = time.perf_counter()
@@ -122,7 +125,7 @@ def main() -> int:
             proc = subprocess.run(
                 [sys.executable, "-m", "ris.producer.cli", "sync", str(work / "lib")],
                 cwd=ROOT,
-                env=os.environ,
+                env={**os.environ, **settings.to_env()},
                 capture_output=True,
                 text=True,
                 check=True,

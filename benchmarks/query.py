@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -36,16 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import LocalCluster, benchmark_images, machine
 
+if TYPE_CHECKING:
+    from ris.common.settings import Settings
+
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def real_embeddings(paths: list[Path]) -> np.ndarray:
+def real_embeddings(settings: Settings, paths: list[Path]) -> np.ndarray:
     from ris.common.pipeline import EmbeddingPipeline
-    from ris.common.settings import get_settings
 
-    pipeline = EmbeddingPipeline(get_settings())
+    pipeline = EmbeddingPipeline(settings)
     results = pipeline([(str(p), p.read_bytes(), None) for p in paths])
     return np.stack([r.vector for r in results])
 
@@ -64,41 +66,27 @@ def synthetic(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def fill(store: Any, real_paths: list[Path], real: np.ndarray, extra: np.ndarray) -> None:
-    rows = [
-        {
-            "id": i,
-            "vector": v,
-            "path": str(p),
-            "sha256": "",
-            "width": 0,
-            "height": 0,
-            "ingested_at": 0,
-            "size": -1,
-            "mtime_ns": -1,
-        }
-        for i, (p, v) in enumerate(zip(real_paths, real, strict=True))
-    ]
-    rows += [
-        {
-            "id": len(real) + i,
-            "vector": v,
-            "path": f"synthetic/{i}",
-            "sha256": "",
-            "width": 0,
-            "height": 0,
-            "ingested_at": 0,
-            "size": -1,
-            "mtime_ns": -1,
-        }
-        for i, v in enumerate(extra)
-    ]
-    for start in range(0, len(rows), 1000):
-        store.client.insert(store.name, [_row(r) for r in rows[start : start + 1000]])
+    """The real embeddings under their paths, then the synthetic ones, written by the store."""
+    from ris.common.contracts import ImageRow
+
+    paths = [str(p) for p in real_paths] + [f"synthetic/{i}" for i in range(len(extra))]
+    vectors = np.concatenate([real, extra])
+    for start in range(0, len(paths), 1000):
+        store.upsert(
+            [
+                ImageRow(
+                    id=i,
+                    vector=vectors[i],
+                    path=paths[i],
+                    sha256="",
+                    width=0,
+                    height=0,
+                    ingested_at=0,
+                )
+                for i in range(start, min(len(paths), start + 1000))
+            ]
+        )
     store.flush()
-
-
-def _row(r: dict[str, Any]) -> dict[str, Any]:
-    return {**r, "vector": r["vector"].tolist()}
 
 
 def altered(path: Path) -> bytes:
@@ -123,8 +111,8 @@ def end_to_end(producer: Any, queries: list[Path], top_k: int) -> dict[str, Any]
 
 
 @contextmanager
-def api_server() -> Iterator[str]:
-    """``ris serve`` on a free loopback port (the cluster's environment); yields its URL."""
+def api_server(settings: Settings) -> Iterator[str]:
+    """``ris serve`` with ``settings`` on a free loopback port; yields its URL."""
     import requests
 
     from tests.helpers import free_port
@@ -134,7 +122,7 @@ def api_server() -> Iterator[str]:
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ris.producer.cli", "serve", "--port", str(port)],
-        env={**os.environ, "RIS_API_HOST": "127.0.0.1"},
+        env={**os.environ, **settings.to_env(), "RIS_API_HOST": "127.0.0.1"},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -207,9 +195,9 @@ def compare_back_ends(args: argparse.Namespace) -> int:
     print(f"machine: {machine()}")
     real_paths = benchmark_images(1000)
     query_files = [_query_file(p) for p in real_paths[: args.queries]]
-    real = real_embeddings(real_paths)
+    real = real_embeddings(Settings(), real_paths)
     vectors = np.concatenate([real, synthetic(real, args.size - len(real))])
-    queries = real_embeddings(query_files)
+    queries = real_embeddings(Settings(), query_files)
     lite_db = Path(tempfile.mkdtemp(prefix="ris-bench-")) / "lite.db"
     try:
         results = compare(
@@ -254,13 +242,12 @@ def main() -> int:
     query_files = [_query_file(p) for p in real_paths[: args.queries]]
 
     rows_out = []
-    with LocalCluster() as cluster, api_server() as api_url:
-        from ris.common.settings import get_settings
+    with LocalCluster() as cluster, api_server(cluster.settings) as api_url:
         from ris.common.store import open_store
         from ris.producer.client import Producer
 
-        real = real_embeddings(real_paths)
-        query_vecs = real_embeddings(query_files)
+        real = real_embeddings(cluster.settings, real_paths)
+        query_vecs = real_embeddings(cluster.settings, query_files)
         for size in sizes:
             extra = synthetic(real, size - len(real))
             all_vecs = np.concatenate([real, extra])
@@ -268,10 +255,11 @@ def main() -> int:
                 ("FLAT", "{}", "{}"),
                 (args.index, args.index_params, args.search_params),
             ):
-                cluster.new_collection(
-                    RIS_INDEX_TYPE=index, RIS_INDEX_PARAMS=iparams, RIS_SEARCH_PARAMS=sparams
+                settings = cluster.new_collection(
+                    index_type=index,
+                    index_params=json.loads(iparams),
+                    search_params=json.loads(sparams),
                 )
-                settings = get_settings()
                 store = open_store(settings)
                 started = time.perf_counter()
                 fill(store, real_paths, real, extra)
@@ -284,7 +272,7 @@ def main() -> int:
                 api = api_end_to_end(api_url, query_files, args.top_k, settings.collection)
                 qps1 = throughput(producer, query_files, args.top_k)
                 cluster.stop_workers()
-                cluster.start_workers(2, RIS_INFERENCE_THREADS="1")
+                cluster.start_workers(2, inference_threads=1)
                 qps2 = throughput(producer, query_files, args.top_k)
                 cluster.stop_workers()
                 row = {

@@ -1,4 +1,9 @@
-"""The Celery app shared by producer and workers: broker, serialisation, routing, reliability."""
+"""The Celery app of producer and workers: broker, serialisation, routing, reliability.
+
+Built from the settings by whoever needs one (:class:`ris.producer.client.Producer`,
+``ris worker``); nothing is built at import. Workers register their tasks on it
+(:func:`ris.workers.tasks.register_tasks`); the producer sends tasks by name.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,7 @@ from celery.backends.redis import RedisBackend
 from kombu import Queue
 
 from ris.common.jobs import keepalive_options
-from ris.common.settings import Settings, get_settings
-
-INGEST_TASK = "ris.ingest_chunk"
-SEARCH_TASK = "ris.search"
+from ris.common.settings import Settings
 
 
 class KeepaliveRedisBackend(RedisBackend):
@@ -30,7 +32,7 @@ def make_app(settings: Settings) -> Celery:
     """Build the Celery app for ``settings``."""
     url = settings.redis_url.get_secret_value()
     backend = f"{__name__}:{KeepaliveRedisBackend.__name__}+{url}"
-    app = Celery("ris", broker=url, backend=backend, include=["ris.workers.tasks"])
+    app = Celery("ris", broker=url, backend=backend)
     dead_after = settings.redis_dead_after_s
     app.conf.update(
         # JSON only: a pickled message is rejected, never executed.
@@ -93,6 +95,3 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
-
-
-app = make_app(get_settings())

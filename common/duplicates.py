@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-DUPLICATES_TASK = "ris.duplicates_slice"
 # Candidates per image searched: groups larger than this are still joined transitively.
 DUPLICATES_TOP_K = 16
 

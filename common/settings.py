@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     # backoff capped at retry_backoff_max_s, then reported as failed path by path.
     task_max_retries: int = 8
     retry_backoff_max_s: int = 60
-    # `ris ingest` waiting this long without progress checks whether the job's remaining chunks
+    # A producer waiting this long on a job without progress checks whether its remaining chunks
     # still exist (queued, or held by a worker) and sends again those that do not: kombu's Redis
     # transport can lose a message taken by a worker just as Redis goes down.
     stall_check_s: float = 60.0
@@ -238,6 +239,26 @@ class Settings(BaseSettings):
     def chunk_size_for(self, queue: str) -> int:
         """Paths per ingest task sent to ``queue``."""
         return self.gpu_chunk_size if is_gpu_queue(queue) else self.chunk_size
+
+    def to_env(self) -> dict[str, str]:
+        """The ``RIS_*`` variables that give a child process (``ris worker``, ``ris serve``)
+        these settings; a setting that is None is left out."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, list):  # as the validators above split them
+                text = (":" if name == "allowed_roots" else ",").join(map(str, value))
+            elif isinstance(value, dict):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"RIS_{name.upper()}"] = text
+        return env
 
     @property
     def milvus_is_lite(self) -> bool:

@@ -1,7 +1,8 @@
 """The Milvus collection: its schema, writes, searches and the id -> path table.
 
-Each row is one image: ``id`` (int64 derived from the image's absolute path, so re-ingesting
-a file upserts the same row), its vector and the path table as scalar fields. The collection
+Each row is one image, an :class:`ris.common.contracts.ImageRow`: ``id`` (int64 derived from
+the image's absolute path, so re-ingesting a file upserts the same row), its vector and the
+path table as scalar fields. The collection
 description records the model and dimension it was built with; opening it with another model
 is an error rather than a silent mix of incomparable vectors.
 """
@@ -14,7 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from ris.common.contracts import ImageRow
 from ris.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,11 @@ logging.getLogger("pymilvus.orm.iterator").addFilter(
 )
 
 MAX_PATH_LENGTH = 4096
-SCALAR_FIELDS = ("path", "sha256", "width", "height", "ingested_at")
+ROW_FIELDS = tuple(f.name for f in fields(ImageRow))
 # The file's size and mtime when it was read: `ris sync` and the workers skip a file whose
 # stat still matches without reading it. Collections created before these fields lack them.
 STAT_FIELDS = ("size", "mtime_ns")
+SCALAR_FIELDS = tuple(f for f in ROW_FIELDS if f not in ("id", "vector", *STAT_FIELDS))
 # Milvus caps expression sizes; resolve and look-ups go in slices of this many ids.
 _IN_BATCH = 1000
 # Milvus LIKE has no escape for its wildcards: a prefix is matched up to its first one, and the
@@ -249,18 +252,16 @@ class ImageStore:
             )
 
     # --- writes ----------------------------------------------------------------------------
-    def upsert(self, rows: Sequence[dict[str, Any]]) -> None:
+    def upsert(self, rows: Sequence[ImageRow]) -> None:
         """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery."""
-        if not self.has_stat_fields:
-            rows = [{k: v for k, v in r.items() if k not in STAT_FIELDS} for r in rows]
-        else:  # a row without its file's stat (a URL, a caller that has none): -1, never skipped
-            rows = [dict.fromkeys(STAT_FIELDS, -1) | r for r in rows]
+        # A collection created before the stat fields takes the rows without them.
+        names = ROW_FIELDS if self.has_stat_fields else ("id", "vector", *SCALAR_FIELDS)
         if rows:
             # Bounded by the rows written, not 10x the call timeout: a worker cut off by a
             # partition mid-upsert is back within seconds of the heal, not minutes
             # (tests/test_multihost.py); 2,000 rows took 26-29 s on a loaded 2-core machine.
             timeout = self.settings.milvus_timeout_s * (1 + len(rows) / 100)
-            self.client.upsert(self.name, [_plain(r) for r in rows], timeout=timeout)
+            self.client.upsert(self.name, [_plain(r, names) for r in rows], timeout=timeout)
 
     def refresh_stats(self, stats: dict[int, tuple[int, int]]) -> None:
         """Store a new ``(size, mtime_ns)`` for rows whose content is unchanged (a file
@@ -275,9 +276,16 @@ class ImageStore:
                 filter=f"id in {part}",
                 output_fields=["id", "vector", *SCALAR_FIELDS],
             )
-            for r in rows:
-                r["size"], r["mtime_ns"] = stats[int(r["id"])]
-            self.upsert([dict(r) for r in rows])
+            self.upsert(
+                [
+                    ImageRow(
+                        **{k: r[k] for k in ("id", "vector", *SCALAR_FIELDS)},
+                        size=stats[int(r["id"])][0],
+                        mtime_ns=stats[int(r["id"])][1],
+                    )
+                    for r in rows
+                ]
+            )
 
     def delete_ids(self, ids: Iterable[int]) -> int:
         """Delete rows by id; returns how many of them existed (the rows actually removed)."""
@@ -465,9 +473,12 @@ class ImageStore:
         self.client.close()
 
 
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    vec = row["vector"]
-    return {**row, "vector": vec.tolist() if isinstance(vec, np.ndarray) else list(vec)}
+def _plain(row: ImageRow, names: Iterable[str]) -> dict[str, Any]:
+    """The row as pymilvus takes it: the fields ``names``, the vector a list of floats."""
+    out = {name: getattr(row, name) for name in names}
+    vec = row.vector
+    out["vector"] = vec.tolist() if isinstance(vec, np.ndarray) else list(vec)
+    return out
 
 
 class BoundedClient:

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ris.common.settings import MAX_TOP_K, get_settings
+from ris.common.settings import MAX_TOP_K, Settings, get_settings
 
 log = logging.getLogger("ris")
 
@@ -27,10 +27,10 @@ def _top_k(text: str) -> int:
     return value
 
 
-def _producer() -> Any:
+def _producer(settings: Settings) -> Any:
     from ris.producer.client import Producer
 
-    return Producer(get_settings())
+    return Producer(settings)
 
 
 def _print_progress_line(p: Any) -> None:
@@ -81,14 +81,13 @@ def _enqueue(producer: Any, args: argparse.Namespace, paths: Any, job_id: str) -
     return not stop
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from ris.producer.client import NoWorkerError
     from ris.producer.inputs import expand_inputs
 
-    producer = _producer()
-    paths = expand_inputs(args.inputs)
+    producer = _producer(settings)
     job_id = args.job_id or producer.job_id_for(args.inputs, args.queue, args.collection)
     if producer.tracker.is_complete(job_id):
         print(f"job {job_id}: enqueued already; waiting for it", flush=True)
@@ -97,8 +96,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if resumed:
             print(f"job {job_id}: resuming after {resumed[1]} paths already enqueued", flush=True)
         print(f"job {job_id}: enqueueing to queue {args.queue!r}", flush=True)
-        if not _enqueue(producer, args, paths, job_id):
-            return 130
+    # Given as a function: the inputs are walked again, not held, to send lost chunks again
+    # (a job enqueued already is only watched).
+    if not _enqueue(producer, args, lambda: expand_inputs(args.inputs), job_id):
+        return 130
     progress = producer.progress(job_id)
     print(f"job {job_id}: {progress.total} paths enqueued", flush=True)
     if args.no_wait or progress.total == 0:
@@ -115,21 +116,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             bar.set_postfix(failed=p.failed, unchanged=p.unchanged, refresh=False)
             bar.update(p.processed - bar.n)
 
-        def recover(p: Any) -> None:
-            if producer.in_flight(job_id, args.queue):
-                return
-            n = producer.resend_unprocessed(
-                job_id, expand_inputs(args.inputs), args.queue, args.collection
-            )
-            bar.write(f"job {job_id}: {p.pending} pending, none queued or running: sent {n} again")
-
         try:
             progress = producer.wait(
                 job_id,
                 timeout_s=args.timeout,
                 on_progress=update,
-                on_stall=recover,
                 queue=args.queue,
+                on_resend=bar.write,
             )
         except NoWorkerError as exc:
             bar.close()
@@ -140,12 +133,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from ris.producer.sync import describe, plan_sync, stat_note
 
-    producer = _producer()
+    producer = _producer(settings)
     store = producer.store_for(args.collection, create=True)
     plan = plan_sync(store, args.roots)
     print(f"sync: {describe(plan)}", flush=True)
@@ -175,14 +168,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_duplicates(args: argparse.Namespace) -> int:
+def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from ris.common.filters import SearchFilter
     from ris.producer.duplicates import find_duplicates, write_groups
 
-    producer = _producer()
-    threshold = get_settings().duplicates_threshold if args.threshold is None else args.threshold
+    producer = _producer(settings)
+    threshold = settings.duplicates_threshold if args.threshold is None else args.threshold
     filters = SearchFilter.build(under=args.under) if args.under else None
     with tqdm(unit="slice", disable=args.quiet) as bar:
 
@@ -208,8 +201,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    producer = _producer()
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    producer = _producer(settings)
     try:
         progress = producer.progress(args.job)
     except KeyError as exc:
@@ -234,7 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_results(results: list[Any], args: argparse.Namespace) -> int:
+def _show_results(results: list[Any], args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:
@@ -248,7 +241,9 @@ def _show_results(results: list[Any], args: argparse.Namespace) -> int:
     if getattr(args, "show", None):
         from ris.producer.grid import draw_grid
 
-        print(f"grid saved to {draw_grid([r for r in results if not r.error], args.show)}")
+        print(
+            f"grid saved to {draw_grid([r for r in results if not r.error], args.show, settings)}"
+        )
     return 1 if any(r.error for r in results) else 0
 
 
@@ -260,15 +255,15 @@ def _search_filter(args: argparse.Namespace) -> Any:
     )
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from ris.producer.batch import write_results_csv
     from ris.producer.client import QueryError, QueryResult
     from ris.producer.inputs import expand_inputs
 
-    producer = _producer()
-    top_k = args.top_k or get_settings().top_k
+    producer = _producer(settings)
+    top_k = args.top_k or settings.top_k
     filters = _search_filter(args)
     images = list(expand_inputs(args.images))  # a folder of queries is walked
     if args.no_wait:
@@ -296,43 +291,43 @@ def cmd_search(args: argparse.Namespace) -> int:
         for r in failed[:20]:
             print(f"  FAILED {r.query}: {r.error}")
         return 1 if failed else 0
-    return _show_results(results, args)
+    return _show_results(results, args, settings)
 
 
-def cmd_result(args: argparse.Namespace) -> int:
-    producer = _producer()
-    return _show_results([producer.collect(t, args.timeout) for t in args.task_ids], args)
+def cmd_result(args: argparse.Namespace, settings: Settings) -> int:
+    producer = _producer(settings)
+    return _show_results([producer.collect(t, args.timeout) for t in args.task_ids], args, settings)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ris.workers.main import run_worker
 
-    run_worker(args.queue, args.concurrency, args.loglevel, args.hostname)
+    run_worker(settings, args.queue, args.concurrency, args.loglevel, args.hostname)
     return 0
 
 
-def cmd_flower(args: argparse.Namespace) -> int:
+def cmd_flower(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from ris.producer.flower import run_flower
 
-    run_flower(get_settings(), Path(args.db))
+    run_flower(settings, Path(args.db))
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ris.producer.api.serve import run_api
 
     overrides = {k: v for k, v in (("api_host", args.host), ("api_port", args.port)) if v}
-    run_api(get_settings().model_copy(update=overrides))
+    run_api(settings.model_copy(update=overrides))
     return 0
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     from ris.common.store import path_id
     from ris.producer.inputs import expand_inputs
 
-    store = _producer().store
+    store = _producer(settings).store
     if args.prefix:
         # A trailing slash survives: "dir/" means the folder only.
         prefixes = [
@@ -346,9 +341,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    producer = _producer()
+def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
+    producer = _producer(settings)
     store = producer.store
     print(
         json.dumps(
@@ -361,7 +355,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "rows": store.count(),
                 "milvus": settings.milvus_uri,
                 "workers": producer.workers_online(),
-                "lite_servers": _lite_servers(),
+                "lite_servers": _lite_servers(settings),
             },
             indent=2,
         )
@@ -369,16 +363,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lite_servers() -> list[dict[str, Any]]:
+def _lite_servers(settings: Settings) -> list[dict[str, Any]]:
     from ris.common.lite_server import list_lite_servers
 
-    return [asdict(s) for s in list_lite_servers(get_settings().lite_registry_dir)]
+    return [asdict(s) for s in list_lite_servers(settings.lite_registry_dir)]
 
 
-def cmd_lite(args: argparse.Namespace) -> int:
+def cmd_lite(args: argparse.Namespace, settings: Settings) -> int:
     from ris.common.lite_server import list_lite_servers, stop_lite_server
 
-    settings = get_settings()
     if args.action == "list":
         for server in list_lite_servers(settings.lite_registry_dir):
             print(f"{server.db}  {server.address}  pid {server.pid}")
@@ -393,21 +386,21 @@ def cmd_lite(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_drop(args: argparse.Namespace) -> int:
+def cmd_drop(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         print("refusing to drop without --yes", file=sys.stderr)
         return 2
     from ris.common.store import drop_collection
 
-    drop_collection(get_settings())
-    print(f"dropped collection {get_settings().collection!r}")
+    drop_collection(settings)
+    print(f"dropped collection {settings.collection!r}")
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from ris.producer.evaluation import evaluate, evaluate_near_duplicates, load_dataset
 
-    producer = _producer()
+    producer = _producer(settings)
     if not producer.workers_online():
         print(
             f"warning: no worker answers; start one with `ris worker --queue {args.queue}`",
@@ -452,14 +445,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ris.producer.demo import run_demo
 
-    return run_demo(args.folder, args.out)
+    return run_demo(settings, args.folder, args.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    queues = get_settings().queues
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    queues = settings.queues
     parser = argparse.ArgumentParser(prog="ris", description="Distributed reverse image search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -605,9 +598,10 @@ _NEEDS_REDIS = frozenset({"ingest", "status", "search", "result"})
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ris`` console script."""
-    args = build_parser().parse_args(argv)
+    settings = get_settings()  # read once here, passed to the command
+    args = build_parser(settings).parse_args(argv)
     if args.command == "worker" and not args.queue:
-        args.queue = get_settings().queues[:1]
+        args.queue = settings.queues[:1]
     logging.basicConfig(
         level=logging.INFO
         if args.verbose or args.command in ("worker", "serve")
@@ -618,9 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in _NEEDS_REDIS:
             from ris.common.local_redis import check_redis
 
-            settings = get_settings()
             check_redis(settings.redis_url.get_secret_value(), settings.redis_check_timeout_s)
-        return int(args.func(args) or 0)
+        return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -1,6 +1,7 @@
 """The producer side of the queue: enqueue ingest jobs, submit queries, collect results.
 
-It sends tasks by name, so the producer never imports the model or worker code.
+It sends tasks by name with the request models of :mod:`ris.common.contracts` and reads their
+answers back as those models, so the producer never imports the model or worker code.
 """
 
 from __future__ import annotations
@@ -9,24 +10,34 @@ import base64
 import contextlib
 import hashlib
 import itertools
+import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as NoAnswer
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
+from pydantic import ValidationError
 from redis import RedisError
 
-from ris.common.celery_app import INGEST_TASK, SEARCH_TASK, app, make_app
+from ris.common.celery_app import make_app
+from ris.common.contracts import (
+    INGEST_TASK,
+    SEARCH_TASK,
+    IngestChunk,
+    SearchAnswer,
+    SearchRequest,
+)
 from ris.common.filters import SearchFilter
 from ris.common.jobs import JobProgress, JobTracker, redis_client
 from ris.common.paths import FILE_SCHEME, decode_file_url, encode_path
-from ris.common.settings import Settings, get_settings
+from ris.common.settings import Settings
 from ris.common.store import Hit, ImageStore, StoreCache, drop_collection, store_identity
+
+log = logging.getLogger(__name__)
 
 
 class QueryError(ValueError):
@@ -50,6 +61,25 @@ class QueryResult:
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _SentJob:
+    """An ingest job this producer sent: its paths listed again on demand (to send lost chunks
+    again), where they went, and when its progress last moved."""
+
+    paths: Callable[[], Iterable[str]]
+    queue: str
+    collection: str | None
+    processed: int = -1
+    moved_at: float = field(default_factory=time.monotonic)
+
+
+def _recorded(paths: Iterable[str], into: list[str]) -> Iterator[str]:
+    """``paths``, each appended to ``into`` as it is taken."""
+    for path in paths:
+        into.append(path)
+        yield path
+
+
 def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, n)):
@@ -69,11 +99,12 @@ def _release(result: AsyncResult) -> None:
 class Producer:
     """Submits work to the workers and reads its progress and results."""
 
-    def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = celery or (app if settings == get_settings() else make_app(settings))
+        self.app: Celery = make_app(settings)
         self.tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
         self._stores = StoreCache(settings)
+        self._sent: dict[str, _SentJob] = {}  # unfinished jobs this producer watches
 
     @property
     def store(self) -> ImageStore:
@@ -85,9 +116,9 @@ class Producer:
         with ``create``."""
         return self._stores.get(collection, create)
 
-    def _target(self, collection: str | None) -> dict[str, str]:
-        """The task arguments naming the store a task is for: the worker refuses a task for
-        another Milvus, and writes to the producer's collection, not its own default."""
+    def target(self, collection: str | None) -> dict[str, str]:
+        """The :class:`ris.common.contracts.StoreTarget` fields of a task: the worker refuses
+        a task for another Milvus, and uses the producer's collection, not its own default."""
         return {
             "collection": collection or self.settings.collection,
             "milvus": store_identity(self.settings),
@@ -120,7 +151,7 @@ class Producer:
 
     def ingest(
         self,
-        paths: Iterable[str],
+        paths: Iterable[str] | Callable[[], Iterable[str]],
         queue: str = "cpu",
         job_id: str | None = None,
         on_enqueued: Callable[[int], None] | None = None,
@@ -128,14 +159,27 @@ class Producer:
         should_stop: Callable[[], bool] | None = None,
     ) -> str:
         """Enqueue ``paths`` in chunks and return the job id (into ``collection``, default the
-        configured one).
+        configured one). ``paths`` may be a function listing them, called again when chunks
+        got lost (:meth:`watch`): a folder walked again, where holding millions of paths
+        would not do; the paths of a one-shot iterator are kept as they are sent.
 
         Resumable: if ``job_id`` names a job whose enqueueing was interrupted, the chunks it
         already sent are skipped (inputs expand in a stable order), and a chunk sent but not
-        recorded is sent again under the same task id, which a worker runs once.
+        recorded is sent again under the same task id, which a worker runs once; a job
+        enqueued completely is not sent again, only watched.
         ``should_stop`` is asked between chunks: True stops enqueueing there (resumable).
         """
         job_id = job_id or os.urandom(6).hex()
+        if callable(paths):
+            listing, paths = paths, paths()
+        elif isinstance(paths, Collection):
+            listing = paths.__iter__
+        else:
+            sent: list[str] = []
+            listing, paths = sent.__iter__, _recorded(paths, sent)
+        self._sent[job_id] = _SentJob(listing, queue, collection)
+        if self.tracker.is_complete(job_id):
+            return job_id
         skip_chunks, total = self.tracker.resume_point(job_id) or (0, 0)
         self.tracker.create(job_id, queue)
         chunks = skip_chunks
@@ -163,10 +207,10 @@ class Producer:
         resent: bool = False,
     ) -> None:
         task_id = f"{job_id}-{number:06d}" + (f"-r{os.urandom(3).hex()}" if resent else "")
+        request = IngestChunk(job_id=job_id, paths=chunk, **self.target(collection))
         self.app.send_task(
             INGEST_TASK,
-            args=(job_id, chunk),
-            kwargs=self._target(collection),
+            args=(request.model_dump(mode="json"),),
             queue=queue,
             task_id=task_id,
             argsrepr=f"(job={job_id}, chunk #{number}{' again' if resent else ''}: "
@@ -195,7 +239,8 @@ class Producer:
         return how many. Safe to repeat: processing a path twice changes nothing."""
         resent = 0
         for number, chunk in enumerate(_batched(paths, self.settings.chunk_size_for(queue))):
-            missing = self.tracker.unprocessed(job_id, chunk)
+            # Workers report each path in its text form (the form the chunk carries).
+            missing = self.tracker.unprocessed(job_id, [encode_path(p) for p in chunk])
             if missing:
                 self._send_chunk(job_id, number, missing, queue, collection, resent=True)
                 resent += len(missing)
@@ -207,32 +252,54 @@ class Producer:
     def failures(self, job_id: str) -> dict[str, str]:
         return self.tracker.failures(job_id)
 
+    def watch(self, job_id: str, on_resend: Callable[[str], None] = log.warning) -> JobProgress:
+        """The job's progress. A job this producer sent that made no progress for
+        ``stall_check_s``, with nothing of it queued or held by a worker, lost chunks (kombu's
+        Redis transport can lose a message taken just as Redis goes down): its unprocessed
+        paths are sent again, and ``on_resend`` told so."""
+        progress = self.progress(job_id)
+        job = self._sent.get(job_id)
+        if job is None or progress.finished:
+            self._sent.pop(job_id, None)
+            return progress
+        now = time.monotonic()
+        if progress.processed != job.processed:
+            job.processed, job.moved_at = progress.processed, now
+        elif progress.enqueue_finished and now - job.moved_at > self.settings.stall_check_s:
+            job.moved_at = now
+            if not self.in_flight(job_id, job.queue):
+                n = self.resend_unprocessed(job_id, job.paths(), job.queue, job.collection)
+                on_resend(
+                    f"job {job_id}: {progress.pending} pending, none queued or running: "
+                    f"sent {n} again"
+                )
+        return progress
+
     def wait(
         self,
         job_id: str,
         timeout_s: float | None = None,
         poll_s: float = 0.25,
         on_progress: Callable[[JobProgress], None] | None = None,
-        on_stall: Callable[[JobProgress], None] | None = None,
         queue: str | None = None,
+        on_resend: Callable[[str], None] = log.warning,
     ) -> JobProgress:
-        """Block until every path of the job is processed; TimeoutError past ``timeout_s``.
-        ``on_stall`` is called after each ``stall_check_s`` without progress. With ``queue``,
-        NoWorkerError once no worker consumed it for ``no_worker_wait_s`` without progress."""
+        """Block until every path of the job is processed, sending lost chunks again
+        (:meth:`watch`); TimeoutError past ``timeout_s``. With ``queue``, NoWorkerError once
+        no worker consumed it for ``no_worker_wait_s`` without progress."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last_processed, last_change = -1, time.monotonic()
+        last_processed = -1
         no_worker = self.settings.no_worker_wait_s
         last_consumer = last_check = time.monotonic()
         while True:
-            progress = self.progress(job_id)
+            progress = self.watch(job_id, on_resend)
             if on_progress:
                 on_progress(progress)
             if progress.finished:
                 return progress
             now = time.monotonic()
             if progress.processed != last_processed:
-                last_processed, last_change = progress.processed, now
-                last_consumer = now
+                last_processed, last_consumer = progress.processed, now
             elif queue and no_worker > 0 and now - last_check >= min(2.0, no_worker / 3):
                 last_check = now
                 if self.consumers(queue):
@@ -244,9 +311,6 @@ class Producer:
                         f"({progress.pending} pending): run the same command again to wait "
                         f"for it, or `ris status {job_id}`"
                     )
-            if on_stall and time.monotonic() - last_change > self.settings.stall_check_s:
-                on_stall(progress)
-                last_change = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"job {job_id} not finished after {timeout_s}s: "
@@ -303,11 +367,16 @@ class Producer:
         task_id = f"q-{hashlib.sha1(data).hexdigest()[:8]}-{os.urandom(4).hex()}"
         # Recorded so that `ris result` tells a queued query from an id nobody submitted.
         self.tracker.r.set(f"{_QUERY_PREFIX}{task_id}", 1, ex=self.settings.result_ttl_s)
+        request = SearchRequest(
+            name=encode_path(name),
+            image_b64=base64.b64encode(data).decode("ascii"),
+            top_k=top_k,
+            filters=filters.to_task() if filters else None,
+            **self.target(collection),
+        )
         self.app.send_task(
             SEARCH_TASK,
-            args=(encode_path(name), base64.b64encode(data).decode("ascii"), top_k),
-            # Only when set: a worker from before filters knows no such argument.
-            kwargs=self._target(collection) | ({"filters": filters.to_task()} if filters else {}),
+            args=(request.model_dump(mode="json"),),
             queue=queue,
             task_id=task_id,
             argsrepr=f"(query={os.path.basename(name)!r}, top_k={top_k})",
@@ -331,7 +400,7 @@ class Producer:
                     query or task_id,
                     error=f"unknown task id {task_id!r}: never submitted, or its result expired",
                 )
-            payload: dict[str, Any] = result.get(timeout=timeout_s)
+            answer = SearchAnswer.model_validate(result.get(timeout=timeout_s))
         except NoAnswer:
             raise TimeoutError(
                 f"query {task_id} not answered within {timeout_s:g} s: is a worker listening "
@@ -341,7 +410,7 @@ class Producer:
             return QueryResult(query or task_id, error=f"search failed: {exc}")
         finally:
             _release(result)
-        return self.resolve(payload)
+        return self.resolve(answer)
 
     def query_state(self, task_id: str) -> tuple[str, QueryResult | None]:
         """A query task's Celery state and, once it ran, its resolved result, without waiting.
@@ -351,23 +420,23 @@ class Producer:
         async_result = AsyncResult(task_id, app=self.app)
         state = str(async_result.state)
         if state == "SUCCESS":
-            payload = async_result.result
-            if not isinstance(payload, dict) or "query" not in payload:
-                raise KeyError(f"{task_id} is not a query task")
-            return state, self.resolve(payload)
+            try:
+                answer = SearchAnswer.model_validate(async_result.result)
+            except ValidationError:
+                raise KeyError(f"{task_id} is not a query task") from None
+            return state, self.resolve(answer)
         if state == "FAILURE":
             return state, QueryResult(task_id, error=f"search failed: {async_result.result}")
         return state, None
 
-    def resolve(self, payload: dict[str, Any]) -> QueryResult:
-        """Turn a query task's ``[id, score]`` pairs into hits with their paths, read from the
+    def resolve(self, answer: SearchAnswer) -> QueryResult:
+        """Turn a query's ``(id, score)`` hits into hits with their paths, read from the
         collection the worker searched."""
-        if payload.get("error"):
-            return QueryResult(payload["query"], error=payload["error"])
-        pairs = [(int(i), float(s)) for i, s in payload["hits"]]
-        fields = self.store_for(payload.get("collection")).resolve([i for i, _ in pairs])
-        hits = [Hit(i, s, **fields[i]) for i, s in pairs if i in fields]
-        return QueryResult(payload["query"], hits, timing_ms=payload.get("timing_ms", {}))
+        if answer.error:
+            return QueryResult(answer.query, error=answer.error)
+        fields = self.store_for(answer.collection).resolve([i for i, _ in answer.hits])
+        hits = [Hit(i, s, **fields[i]) for i, s in answer.hits if i in fields]
+        return QueryResult(answer.query, hits, timing_ms=dict(answer.timing_ms))
 
     def search(
         self,

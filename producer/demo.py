@@ -7,15 +7,15 @@ one photo and draws the result grid.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 
 from PIL import Image
+from pydantic import SecretStr
 
 from ris.common.local_redis import redis_answers, start_redis
-from ris.common.settings import get_settings
+from ris.common.settings import Settings
 
 SAMPLE_PHOTOS = (
     "astronaut.png",
@@ -67,16 +67,14 @@ def altered_copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def run_demo(folder: str | None, out: str) -> int:
-    """Run the demo; returns the process exit code."""
+def run_demo(settings: Settings, folder: str | None, out: str) -> int:
+    """Run the demo with ``settings``; returns the process exit code."""
     data_dir = Path("ris_data")
     started_redis = None
-    if not redis_answers(get_settings().redis_url.get_secret_value()):
+    if not redis_answers(settings.redis_url.get_secret_value()):
         url, started_redis = start_redis()
-        os.environ["RIS_REDIS_URL"] = url
-        get_settings.cache_clear()
+        settings = settings.model_copy(update={"redis_url": SecretStr(url)})
         print(f"no Redis answered; started one at {url}")
-    settings = get_settings()
 
     from ris.producer.client import Producer
     from ris.producer.grid import draw_grid
@@ -86,10 +84,10 @@ def run_demo(folder: str | None, out: str) -> int:
     images = Path(folder) if folder else sample_photos(data_dir / "samples")
     producer = Producer(settings)
     print("starting a worker (loads the model; the first run exports it to ONNX)...")
-    worker = start_worker_process(producer.app, loglevel="WARNING")
+    worker = start_worker_process(producer.app, env=settings.to_env(), loglevel="WARNING")
     try:
         started = time.perf_counter()
-        job_id = producer.ingest(expand_inputs([str(images)]))
+        job_id = producer.ingest(list(expand_inputs([str(images)])))
         progress = producer.wait(job_id, timeout_s=1800)
         elapsed = time.perf_counter() - started
         print(
@@ -114,7 +112,7 @@ def run_demo(folder: str | None, out: str) -> int:
             return 1
         for rank, hit in enumerate(result.hits, 1):
             print(f"  {rank}. score={hit.score:.4f}  {hit.path}")
-        print(f"result grid: {draw_grid([result], out)}")
+        print(f"result grid: {draw_grid([result], out, settings)}")
         return 0
     finally:
         worker.terminate()

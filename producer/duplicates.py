@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from celery.result import AsyncResult
 
-from ris.common.duplicates import DUPLICATES_TASK, DUPLICATES_TOP_K, group_pairs
+from ris.common.contracts import DUPLICATES_TASK, DuplicatesAnswer, DuplicatesSlice
+from ris.common.duplicates import DUPLICATES_TOP_K, group_pairs
 from ris.common.filters import SearchFilter
 from ris.producer.client import Producer
 
@@ -45,12 +46,20 @@ def find_duplicates(
     ids = store.ids(expression)
     size = settings.duplicates_slice
     slices = [ids[i : i + size] for i in range(0, len(ids), size)]
-    kwargs = producer._target(collection) | ({"filters": filters.to_task()} if filters else {})
+    target = producer.target(collection)
+    task_filters = filters.to_task() if filters else None
     tasks = [
         producer.app.send_task(
             DUPLICATES_TASK,
-            args=(part, threshold, DUPLICATES_TOP_K),
-            kwargs=kwargs,
+            args=(
+                DuplicatesSlice(
+                    ids=part,
+                    threshold=threshold,
+                    top_k=DUPLICATES_TOP_K,
+                    filters=task_filters,
+                    **target,
+                ).model_dump(mode="json"),
+            ),
             queue=queue,
             argsrepr=f"(slice {n + 1}/{len(slices)}: {len(part)} ids)",
         )
@@ -59,11 +68,11 @@ def find_duplicates(
     pairs: list[tuple[int, int, float]] = []
     for done, task in enumerate(tasks, 1):
         result = AsyncResult(task.id, app=producer.app)
-        payload = result.get(timeout=timeout_s)
+        answer = DuplicatesAnswer.model_validate(result.get(timeout=timeout_s))
         result.forget()
-        if payload.get("error"):
-            raise DuplicatesError(payload["error"])
-        pairs.extend(tuple(p) for p in payload["pairs"])  # type: ignore[misc]
+        if answer.error:
+            raise DuplicatesError(answer.error)
+        pairs.extend(answer.pairs)
         if on_slice:
             on_slice(done, len(tasks))
     id_groups = group_pairs(pairs)

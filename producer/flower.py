@@ -23,7 +23,7 @@ def run_flower(settings: Settings, state_db: Path) -> None:
     Basic auth comes from ``RIS_FLOWER_BASIC_AUTH``; without it Flower listens on loopback
     only. Its state (the task list) persists in ``state_db`` across restarts.
     """
-    from ris.common.celery_app import app
+    from ris.common.celery_app import make_app
 
     auth = settings.flower_basic_auth
     if auth is None and not is_loopback(settings.flower_address):
@@ -37,7 +37,7 @@ def run_flower(settings: Settings, state_db: Path) -> None:
     else:  # loopback only: the HTTP API may answer without credentials
         os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
     state_db.parent.mkdir(parents=True, exist_ok=True)
-    app.start(
+    make_app(settings).start(
         [
             "flower",
             f"--address={settings.flower_address}",

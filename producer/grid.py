@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ris.common.images import ImageError, open_rgb
-from ris.common.settings import get_settings
+from ris.common.settings import Settings
 from ris.common.sources import SourceError, read_source
 from ris.producer.client import QueryResult
 
@@ -18,12 +18,12 @@ _PAD = 8
 _MAX_PIXELS = 100_000_000
 
 
-def _tile(path: str | None) -> Image.Image:
+def _tile(path: str | None, settings: Settings) -> Image.Image:
     tile = Image.new("RGB", (_TILE, _TILE), (235, 235, 235))
     if path:
         try:
             # Matches may be URLs as well as local paths.
-            img = open_rgb(read_source(path, get_settings()).data, _MAX_PIXELS, target=_TILE)
+            img = open_rgb(read_source(path, settings).data, _MAX_PIXELS, target=_TILE)
             img.thumbnail((_TILE, _TILE))
             tile.paste(img, ((_TILE - img.width) // 2, (_TILE - img.height) // 2))
         except (OSError, ImageError, SourceError):
@@ -31,8 +31,11 @@ def _tile(path: str | None) -> Image.Image:
     return tile
 
 
-def draw_grid(results: list[QueryResult], out: str | Path, columns: int = 5) -> Path:
-    """One row block per query: the query first, then its ranked matches with scores."""
+def draw_grid(
+    results: list[QueryResult], out: str | Path, settings: Settings, columns: int = 5
+) -> Path:
+    """One row block per query: the query first, then its ranked matches with scores (read
+    as ``settings`` allow)."""
     font = ImageFont.load_default(size=13)
     rows: list[list[tuple[str | None, str]]] = []
     for res in results:
@@ -50,7 +53,7 @@ def draw_grid(results: list[QueryResult], out: str | Path, columns: int = 5) -> 
         y = _PAD + r * (_TILE + _CAPTION + _PAD)
         for c, (path, caption) in enumerate(cells):
             x = _PAD + c * (_TILE + _PAD)
-            canvas.paste(_tile(path), (x, y))
+            canvas.paste(_tile(path, settings), (x, y))
             draw.text((x + 2, y + _TILE + 4), caption[:34], fill="black", font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

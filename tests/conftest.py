@@ -128,7 +128,6 @@ def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]
     (a worker of its own, on another Redis database so the two workers share no queue)."""
     from ris.common.settings import get_settings
     from ris.producer.client import Producer
-    from tests.helpers import celery_app_for
 
     if request.param == "lite":
         request.getfixturevalue("worker")
@@ -145,5 +144,5 @@ def backend(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Backend]
             "milvus_token": SecretStr(server.token),
         }
     )
-    yield Backend("server", env, Producer(settings, celery_app_for(env)))
+    yield Backend("server", env, Producer(settings))
     stop_worker(proc)

@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from celery import Celery
+if TYPE_CHECKING:
+    from ris.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,30 +31,25 @@ def start_worker(
     env: dict[str, str] | None = None,
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a real, unprivileged ``ris worker`` process and wait until it answers a ping."""
+    """Start a real, unprivileged ``ris worker`` process (``env``: RIS_* overrides) and wait
+    until it answers a ping."""
+    from ris.common.celery_app import make_app
     from ris.producer.local_worker import start_worker_process
 
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    app = make_app(settings_for(env))
     try:
-        return start_worker_process(
-            celery_app_for(env), queue, name, env=env, output=out, prefix=UNPRIVILEGED
-        )
+        return start_worker_process(app, queue, name, env=env, output=out, prefix=UNPRIVILEGED)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc} (log: {log})") from None
 
 
-def celery_app_for(env: dict[str, str] | None) -> Celery:
-    """The Celery app of the cluster that ``env`` (RIS_* overrides) points at."""
-    from pydantic import SecretStr
+def settings_for(env: dict[str, str] | None) -> Settings:
+    """The settings of a process started with ``env`` (RIS_* overrides of this one's)."""
+    from ris.common.settings import Settings
 
-    from ris.common.celery_app import app, make_app
-    from ris.common.settings import get_settings
-
-    if not env or "RIS_REDIS_URL" not in env:
-        return app
-    return make_app(
-        get_settings().model_copy(update={"redis_url": SecretStr(env["RIS_REDIS_URL"])})
-    )
+    overrides = {k[4:].lower(): v for k, v in (env or {}).items() if k.startswith("RIS_")}
+    return Settings(**overrides)
 
 
 def free_port() -> int:

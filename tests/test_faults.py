@@ -28,7 +28,7 @@ from ris.common.local_redis import start_redis
 from ris.common.settings import Settings, get_settings
 from ris.common.store import ImageStore, path_id
 from ris.producer.client import Producer
-from tests.helpers import ROOT, celery_app_for, free_port, run_cli, start_worker, stop_worker
+from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
 
 
 def _wait_port(port: int, up: bool, timeout: float = 30) -> None:
@@ -106,7 +106,7 @@ class Cluster:
         )
 
     def producer(self) -> Producer:
-        return Producer(self.settings(), celery_app_for(self.env))
+        return Producer(self.settings())
 
     def store(self) -> ImageStore:
         from ris.common.store import open_store

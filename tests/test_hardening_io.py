@@ -29,7 +29,7 @@ from ris.common.local_redis import start_redis
 from ris.common.settings import Settings, get_settings
 from ris.common.store import ImageStore, open_store, path_id
 from ris.producer.client import Producer
-from tests.helpers import ROOT, celery_app_for, free_port, run_cli, start_worker, stop_worker
+from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
 
 SOFT_LIMIT_S = 15
 
@@ -52,7 +52,7 @@ class IoCluster:
         )
 
     def producer(self) -> Producer:
-        return Producer(self.settings(), celery_app_for(self.env))
+        return Producer(self.settings())
 
     def store(self) -> ImageStore:
         return open_store(self.settings())

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ris.common.contracts import ImageRow
 from ris.common.settings import get_settings
 from ris.common.store import open_store, path_id
 from tests.helpers import ROOT, UNPRIVILEGED, run_cli, start_worker, stop_worker
@@ -73,15 +74,15 @@ def _fill(db: Path, collection: str, n: int) -> None:
     )
     rng = np.random.default_rng(0)
     rows = [
-        {
-            "id": path_id(f"/x/{i}.jpg"),
-            "vector": rng.standard_normal(store.dim).astype(np.float32),
-            "path": f"/x/{i}.jpg",
-            "sha256": "0" * 64,
-            "width": 1,
-            "height": 1,
-            "ingested_at": 0,
-        }
+        ImageRow(
+            id=path_id(f"/x/{i}.jpg"),
+            vector=rng.standard_normal(store.dim).astype(np.float32),
+            path=f"/x/{i}.jpg",
+            sha256="0" * 64,
+            width=1,
+            height=1,
+            ingested_at=0,
+        )
         for i in range(n)
     ]
     store.upsert(rows)
@@ -136,11 +137,8 @@ def test_delete_prefix_removes_more_rows_than_one_query_returns(lite_db: Path) -
     )
     store = ImageStore(settings, "tiny", 4)
     paths = [f"/big/{i}.jpg" for i in range(20_000)] + [f"/bigger/{i}.jpg" for i in range(3)]
-    rows = [
-        {"id": path_id(p), "vector": [1.0, 0, 0, 0], "path": p, "sha256": "0" * 64}
-        | {"width": 1, "height": 1, "ingested_at": 0}
-        for p in paths
-    ]
+    fields = {"sha256": "0" * 64, "width": 1, "height": 1, "ingested_at": 0}
+    rows = [ImageRow(id=path_id(p), vector=[1.0, 0, 0, 0], path=p, **fields) for p in paths]
     for start in range(0, len(rows), 5000):
         store.upsert(rows[start : start + 5000])
     # A plain Milvus query stops at 16,384 rows: the prefix scan must not.

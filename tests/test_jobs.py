@@ -63,8 +63,9 @@ def test_unchanged_beats_failed_and_failures_keep_their_reason(tracker: JobTrack
 
 def test_redis_clients_detect_dead_connections() -> None:
     """Progress and result-backend connections carry TCP keepalive and a user timeout."""
-    from ris.common.celery_app import app
+    from ris.common.celery_app import make_app
 
+    app = make_app(get_settings())
     opts = keepalive_options(get_settings())
     assert socket.TCP_USER_TIMEOUT in opts
     for client in (redis_client(get_settings()), app.backend.client):

@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
+from ris.common.contracts import ImageRow
 from ris.common.settings import Settings
 from ris.common.store import ImageStore
 from tests.helpers import run_cli
@@ -81,8 +82,15 @@ def test_server_index_recall_at_10_against_exact_search(
         for start in range(0, ROWS, 1000):
             store.upsert(
                 [
-                    {"id": i, "vector": vectors[i], "path": f"/v/{i}", "sha256": "0" * 64}
-                    | {"width": 1, "height": 1, "ingested_at": 0}
+                    ImageRow(
+                        id=i,
+                        vector=vectors[i],
+                        path=f"/v/{i}",
+                        sha256="0" * 64,
+                        width=1,
+                        height=1,
+                        ingested_at=0,
+                    )
                     for i in range(start, min(start + 1000, ROWS))
                 ]
             )

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ris.common.contracts import ImageRow
 from ris.common.images import decode, normalise
 from ris.common.models import export_onnx, get_spec
 from ris.common.settings import Settings, get_settings
@@ -124,7 +125,7 @@ def test_refused_index_is_an_error_and_a_later_run_indexes_the_collection() -> N
     try:
         vectors = np.eye(4, dtype=np.float32)
         fields = {"sha256": "0" * 64, "width": 1, "height": 1, "ingested_at": 0}
-        rows = [{"id": i, "vector": v, "path": f"/{i}", **fields} for i, v in enumerate(vectors)]
+        rows = [ImageRow(id=i, vector=v, path=f"/{i}", **fields) for i, v in enumerate(vectors)]
         store.upsert(rows)
         store.flush()
         assert [hits[0][0] for hits in store.search(vectors, 1)] == [0, 1, 2, 3]

@@ -26,9 +26,10 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from ris.common.celery_app import make_app
 from ris.common.jobs import JobProgress, JobTracker, redis_client
 from ris.common.settings import Settings, get_settings
-from tests.helpers import UNPRIVILEGED, celery_app_for
+from tests.helpers import UNPRIVILEGED
 from tests.netns import Hosts, NamespacesUnavailable, nfqueue_unavailable
 
 REDIS_PORT = 6379
@@ -79,7 +80,7 @@ class Cluster:
         )
 
     def __post_init__(self) -> None:
-        self.app = celery_app_for(self.env)
+        self.app = make_app(self.settings())
         with self.hosts.inside("prod"):
             self.tracker = JobTracker(redis_client(self.settings()), 3600)
 
@@ -169,7 +170,7 @@ class Cluster:
         with self.hosts.inside("prod"):
             from ris.producer.client import Producer
 
-            producer = Producer(self.settings(), self.app)
+            producer = Producer(self.settings())
             job_id = producer.ingest(images, queue=host, collection=collection)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

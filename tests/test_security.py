@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from ris.common.celery_app import INGEST_TASK, app
+from ris.common.contracts import INGEST_TASK
 from ris.common.sources import SourceError, check_allowed
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -52,7 +52,7 @@ def test_pickled_task_message_is_rejected(
     job = producer.ingest([str(photos / "coins.png")])
     assert producer.wait(job, timeout_s=120).indexed + producer.progress(job).unchanged == 1
     assert not marker.exists()
-    assert app.AsyncResult(task_id).state == "PENDING"  # never ran
+    assert producer.app.AsyncResult(task_id).state == "PENDING"  # never ran
 
 
 def test_paths_outside_allowed_roots_are_refused(tmp_path: Path) -> None:

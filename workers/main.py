@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import logging
 
-from ris.common.celery_app import app
-from ris.common.settings import get_settings, is_gpu_queue
+from ris.common.celery_app import make_app
+from ris.common.settings import Settings, is_gpu_queue
 
 log = logging.getLogger(__name__)
 
 
 def run_worker(
+    settings: Settings,
     queues: list[str],
     concurrency: int | None = None,
     loglevel: str = "INFO",
     hostname: str | None = None,
 ) -> None:
-    """Run a worker in this process until it is stopped (``concurrency``: pool processes, or
-    with the threads pool the tasks in flight; default 1 and 8)."""
-    settings = get_settings()
+    """Run a worker with ``settings`` in this process until it is stopped (``concurrency``:
+    pool processes, or with the threads pool the tasks in flight; default 1 and 8)."""
     # Chunks in flight keep a GPU's batches full while others are read, looked up and written
     # (H200, 16 cores: 8 in flight 1,441 images/s, 4 in flight 1,115: benchmarks/gpu.py).
     concurrency = concurrency or (8 if settings.worker_pool == "threads" else 1)
@@ -30,13 +30,15 @@ def run_worker(
     if any(map(is_gpu_queue, queues)) and settings.device != "cuda":
         # A gpu-queue worker that silently ran on the CPU would hide a misconfiguration.
         raise SystemExit("a gpu-queue worker needs RIS_DEVICE=cuda (and a CUDA device)")
+    from ris.workers.tasks import register_tasks
+
+    app = make_app(settings)
+    runtime = register_tasks(app, settings)
     if settings.worker_pool == "threads":
         # One process: the model on its own thread, tasks on --concurrency threads, decoding
         # in processes. Load it now, so that a broken GPU stops the start, not the first task.
-        from ris.workers.tasks import context
-
         try:
-            context()
+            runtime.context()
         except RuntimeError as exc:
             gpu = "GPU " if settings.device == "cuda" else ""
             raise SystemExit(f"cannot start a {gpu}worker: {exc}") from None

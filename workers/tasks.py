@@ -1,35 +1,48 @@
-"""Celery tasks: index a chunk of image paths, and answer a query image.
+"""Celery tasks: index a chunk of image paths, answer a query image, find near duplicates.
 
-Each worker process loads the model, the pipeline and the Milvus client once
-(:func:`context`), not per task.
+:func:`register_tasks` puts them on an app, with the worker's settings. Each task takes its
+request model and returns its answer model (:mod:`ris.common.contracts`). Each worker process
+loads the model, the pipeline and the Milvus clients once (:meth:`Runtime.context`), not per
+task.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import grpc
 import numpy as np
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from celery.worker.request import Request
+from pydantic import ValidationError
 from pymilvus.exceptions import MilvusException
 
-from ris.common.celery_app import INGEST_TASK, SEARCH_TASK, app
 from ris.common.chunks import chunk_done, record_chunk_done
-from ris.common.duplicates import DUPLICATES_TASK, pairs_of
+from ris.common.contracts import (
+    DUPLICATES_TASK,
+    INGEST_TASK,
+    SEARCH_TASK,
+    ChunkOutcome,
+    DuplicatesAnswer,
+    DuplicatesSlice,
+    ImageRow,
+    IngestChunk,
+    SearchAnswer,
+    SearchRequest,
+)
+from ris.common.duplicates import pairs_of
 from ris.common.filters import FilterError, SearchFilter
 from ris.common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
 from ris.common.loading import file_stat
-from ris.common.paths import encode_path
 from ris.common.pipeline import EmbeddingPipeline
-from ris.common.settings import Settings, get_settings
+from ris.common.settings import Settings
 from ris.common.store import StoreCache, foreign_store, path_id
 
 log = logging.getLogger(__name__)
@@ -38,7 +51,6 @@ log = logging.getLogger(__name__)
 # OSError covers ConnectionError and TimeoutError; Redis raises its own (progress writes);
 # pymilvus lets a transport failure (a deadline passed on a cut link) out as grpc.RpcError.
 RETRYABLE = (MilvusException, grpc.RpcError, OSError, *CONNECTION_ERRORS)
-_SETTINGS = get_settings()
 
 
 @dataclass
@@ -51,31 +63,51 @@ class WorkerContext:
     stores: StoreCache
 
 
-@lru_cache(maxsize=1)
-def context() -> WorkerContext:
-    """The process-wide worker context."""
-    settings = get_settings()
-    return WorkerContext(
-        settings,
-        EmbeddingPipeline(settings),
-        JobTracker(redis_client(settings), settings.result_ttl_s),
-        StoreCache(settings),
-    )
+class Runtime:
+    """The worker's settings and, once loaded in this process, its :class:`WorkerContext`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._context: WorkerContext | None = None
+        self._lock = threading.Lock()  # a threads-pool worker's tasks load it once
+
+    def context(self) -> WorkerContext:
+        """The process's context, loaded on first use."""
+        with self._lock:
+            if self._context is None:
+                settings = self.settings
+                self._context = WorkerContext(
+                    settings,
+                    EmbeddingPipeline(settings),
+                    JobTracker(redis_client(settings), settings.result_ttl_s),
+                    StoreCache(settings),
+                )
+            return self._context
 
 
-@worker_process_init.connect
-def _load_model(**_: Any) -> None:
-    # Load in each prefork pool process at start, so the first task does not pay for it (a
-    # threads-pool worker loads it before it starts: workers/main.py).
-    context()
+class WorkerTask(Task):
+    """A task of this worker: ``runtime`` is set by :func:`register_tasks`."""
+
+    runtime: Runtime
 
 
-def _record_chunk_failure(tracker: JobTracker, job_id: str, paths: list[str], reason: str) -> None:
-    log.error("chunk of job %s failed for good (%d paths): %s", job_id, len(paths), reason)
+def _chunk(args: Any, kwargs: Any) -> IngestChunk | None:
+    """The chunk an ingest message carries; None (logged) if it carries none."""
     try:
-        tracker.mark(job_id, [], [], dict.fromkeys(paths, reason))
+        return IngestChunk.model_validate((kwargs or {}).get("chunk", (args or [None])[0]))
+    except ValidationError as exc:
+        log.error("an ingest message without a valid chunk: %s", exc)
+        return None
+
+
+def _record_chunk_failure(tracker: JobTracker, chunk: IngestChunk, reason: str) -> None:
+    log.error(
+        "chunk of job %s failed for good (%d paths): %s", chunk.job_id, len(chunk.paths), reason
+    )
+    try:
+        tracker.mark(chunk.job_id, [], [], dict.fromkeys(chunk.paths, reason))
     except Exception:
-        log.exception("could not record the failure of job %s", job_id)
+        log.exception("could not record the failure of job %s", chunk.job_id)
 
 
 class IngestRequest(Request):
@@ -84,86 +116,101 @@ class IngestRequest(Request):
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
-        if not soft:
+        if not soft and (chunk := _chunk(self.args, self.kwargs)):
             # The pool process was killed: record from the worker's main process.
-            job_id, paths = _ingest_args(self.args, self.kwargs)
-            tracker = JobTracker(redis_client(_SETTINGS), _SETTINGS.result_ttl_s)
+            settings = self.task.runtime.settings
+            tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
             reason = f"not indexed: time limit of {timeout:g} s exceeded (RIS_TASK_TIME_LIMIT_S)"
-            _record_chunk_failure(tracker, job_id, paths, reason)
+            _record_chunk_failure(tracker, chunk, reason)
 
 
-class IngestTask(Task):
+class IngestTask(WorkerTask):
     """Reports a chunk whose retries ran out as failed, path by path, instead of hanging;
     runs a chunk sent twice (same task id) once."""
 
     Request = IngestRequest
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        job_id, _ = _ingest_args(args, kwargs)
+        chunk = _chunk(args, kwargs)
         task_id = self.request.id
-        tracker = context().tracker
-        if task_id and chunk_done(tracker.r, job_id, task_id):
-            log.info("job %s: chunk %s already done: skipped", job_id, task_id)
-            return {"job_id": job_id, "skipped": "chunk already done"}
+        tracker = self.runtime.context().tracker
+        if chunk and task_id and chunk_done(tracker.r, chunk.job_id, task_id):
+            log.info("job %s: chunk %s already done: skipped", chunk.job_id, task_id)
+            skipped = ChunkOutcome(job_id=chunk.job_id, skipped="chunk already done")
+            return skipped.model_dump(mode="json")
         result = super().__call__(*args, **kwargs)
-        if task_id:
-            record_chunk_done(tracker.r, job_id, task_id, tracker.ttl_s)
+        if chunk and task_id:
+            record_chunk_done(tracker.r, chunk.job_id, task_id, tracker.ttl_s)
         return result
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        job_id, paths = _ingest_args(args, kwargs)
+        chunk = _chunk(args, kwargs)
+        if chunk is None:
+            return
         if isinstance(exc, SoftTimeLimitExceeded):
-            limit = _SETTINGS.task_soft_time_limit_s
+            limit = self.runtime.settings.task_soft_time_limit_s
             reason = f"not indexed: time limit of {limit:g} s exceeded (RIS_TASK_SOFT_TIME_LIMIT_S)"
         else:
             reason = f"not indexed: {type(exc).__name__}: {exc}"
-        _record_chunk_failure(context().tracker, job_id, paths, reason)
+        _record_chunk_failure(self.runtime.context().tracker, chunk, reason)
 
 
-def _refuse_chunk(ctx: WorkerContext, job_id: str, paths: list[str], reason: str) -> dict[str, Any]:
+def register_tasks(app: Celery, settings: Settings) -> Runtime:
+    """Register the worker's tasks on ``app``, configured from ``settings``; returns the
+    runtime whose context each worker process loads at start."""
+    runtime = Runtime(settings)
+    common = {"bind": True, "pydantic": True, "runtime": runtime}
+    app.task(
+        name=INGEST_TASK,
+        base=IngestTask,
+        autoretry_for=RETRYABLE,
+        retry_backoff=2,
+        retry_backoff_max=settings.retry_backoff_max_s,
+        retry_jitter=True,
+        max_retries=settings.task_max_retries,
+        **common,
+    )(ingest_chunk)
+    for name, fun in ((SEARCH_TASK, search), (DUPLICATES_TASK, duplicates_slice)):
+        app.task(
+            name=name,
+            base=WorkerTask,
+            autoretry_for=(MilvusException, ConnectionError),
+            retry_backoff=1,
+            max_retries=3,
+            **common,
+        )(fun)
+
+    def load(**_: Any) -> None:
+        # Load in each prefork pool process at start, so the first task does not pay for it
+        # (a threads-pool worker loads it before it starts: workers/main.py).
+        runtime.context()
+
+    worker_process_init.connect(load, weak=False)
+    return runtime
+
+
+def _refuse_chunk(ctx: WorkerContext, chunk: IngestChunk, reason: str) -> ChunkOutcome:
     """Report every path of a chunk meant for another store as failed, with the reason."""
-    log.error("job %s: refused a chunk of %d paths: %s", job_id, len(paths), reason)
-    ctx.tracker.mark(job_id, [], [], dict.fromkeys(paths, reason))
-    return {"job_id": job_id, "indexed": 0, "unchanged": 0, "failed": len(paths)}
+    log.error("job %s: refused a chunk of %d paths: %s", chunk.job_id, len(chunk.paths), reason)
+    ctx.tracker.mark(chunk.job_id, [], [], dict.fromkeys(chunk.paths, reason))
+    return ChunkOutcome(job_id=chunk.job_id, failed=len(chunk.paths))
 
 
-def _ingest_args(args: Any, kwargs: Any) -> tuple[str, list[str]]:
-    params = dict(zip(("job_id", "paths"), args or (), strict=False)) | dict(kwargs or {})
-    # A path that is not valid UTF-8 cannot be a Redis or Milvus key: its text form can.
-    return str(params.get("job_id")), [encode_path(str(p)) for p in params.get("paths") or []]
-
-
-@app.task(
-    name=INGEST_TASK,
-    bind=True,
-    base=IngestTask,
-    autoretry_for=RETRYABLE,
-    retry_backoff=2,
-    retry_backoff_max=_SETTINGS.retry_backoff_max_s,
-    retry_jitter=True,
-    max_retries=_SETTINGS.task_max_retries,
-)
-def ingest_chunk(
-    self: Task,
-    job_id: str,
-    paths: list[str],
-    collection: str | None = None,
-    milvus: str | None = None,
-) -> dict[str, Any]:
-    """Read, embed and upsert ``paths`` into ``collection`` (default: the configured one) of
-    the Milvus named by ``milvus`` (a store identity; another one is refused); record each
-    path's outcome in the job's progress. A file whose size and mtime match the stored ones is
-    not read; one whose content hash is stored already is not decoded again."""
-    ctx = context()
-    if refused := foreign_store(milvus, ctx.settings):
-        return _refuse_chunk(ctx, job_id, paths, refused)
+def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
+    """Read, embed and upsert the chunk's paths into its collection of the Milvus it names
+    (another one is refused); record each path's outcome in the job's progress. A file whose
+    size and mtime match the stored ones is not read; one whose content hash is stored
+    already is not decoded again."""
+    ctx = self.runtime.context()
+    if refused := foreign_store(chunk.milvus, ctx.settings):
+        return _refuse_chunk(ctx, chunk, refused)
+    job_id, paths = chunk.job_id, chunk.paths
     started = time.perf_counter()
-    paths = [encode_path(p) for p in paths]  # see _ingest_args
     spent: dict[str, float] = {}  # seconds per stage, for the log
     try:
-        store = ctx.stores.get(collection)
+        store = ctx.stores.get(chunk.collection)
         ids = [path_id(p) for p in paths]
         stored = store.known_stats(ids)
         known = {i: sha for i, (sha, _, _) in stored.items()}
@@ -186,17 +233,17 @@ def ingest_chunk(
 
     now_ms = int(time.time() * 1000)
     rows = [
-        {
-            "id": path_id(r.key),
-            "vector": r.vector,
-            "path": r.key,
-            "sha256": r.sha256,
-            "width": r.width,
-            "height": r.height,
-            "ingested_at": now_ms,
-            "size": (stat[r.key] or (-1, -1))[0],
-            "mtime_ns": (stat[r.key] or (-1, -1))[1],
-        }
+        ImageRow(
+            id=path_id(r.key),
+            vector=r.vector,
+            path=r.key,
+            sha256=r.sha256,
+            width=r.width,
+            height=r.height,
+            ingested_at=now_ms,
+            size=(stat[r.key] or (-1, -1))[0],
+            mtime_ns=(stat[r.key] or (-1, -1))[1],
+        )
         for r in results
         if r.vector is not None
     ]
@@ -216,7 +263,7 @@ def ingest_chunk(
         ctx.stores.forget()
         raise
     spent["upsert"] = time.perf_counter() - started - sum(spent.values())
-    indexed = [r["path"] for r in rows]
+    indexed = [r.path for r in rows]
     unchanged = [p for p in paths if p in same] + [r.key for r in results if r.unchanged]
     failed = {r.key: str(r.error) for r in results if r.error is not None}
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
@@ -232,91 +279,66 @@ def ingest_chunk(
         time.perf_counter() - started,
         " ".join(f"{stage} {t:.2f}s" for stage, t in spent.items()),
     )
-    return {
-        "job_id": job_id,
-        "indexed": len(indexed),
-        "unchanged": len(unchanged),
-        "failed": len(failed),
-    }
+    return ChunkOutcome(
+        job_id=job_id, indexed=len(indexed), unchanged=len(unchanged), failed=len(failed)
+    )
 
 
-@app.task(
-    name=SEARCH_TASK,
-    autoretry_for=(MilvusException, ConnectionError),
-    retry_backoff=1,
-    max_retries=3,
-)
-def search(
-    name: str,
-    image_b64: str,
-    top_k: int,
-    collection: str | None = None,
-    milvus: str | None = None,
-    filters: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Embed one query image and return the ids and scores of its nearest indexed images
-    (``milvus``: the store identity the query is for; another one is refused), among those
-    matching ``filters`` (:class:`common.filters.SearchFilter` fields)."""
-    ctx = context()
-    if refused := foreign_store(milvus, ctx.settings):
-        return {"query": name, "error": refused.replace("not indexed", "not searched")}
+def search(self: WorkerTask, request: SearchRequest) -> SearchAnswer:
+    """Embed one query image and return the ids and scores of its nearest indexed images in
+    the store the request names (another Milvus is refused), among those matching its
+    filters."""
+    ctx = self.runtime.context()
+    name = request.name
+    if refused := foreign_store(request.milvus, ctx.settings):
+        return SearchAnswer(query=name, error=refused.replace("not indexed", "not searched"))
     try:
-        expression = SearchFilter.from_task(filters).expression()
+        expression = SearchFilter.from_task(request.filters).expression()
     except (FilterError, TypeError) as exc:
-        return {"query": name, "error": f"bad filter: {exc}"}
+        return SearchAnswer(query=name, error=f"bad filter: {exc}")
     started = time.perf_counter()
-    result = ctx.pipeline([(name, base64.b64decode(image_b64), None)])[0]
+    result = ctx.pipeline([(name, base64.b64decode(request.image_b64), None)])[0]
     if result.error is not None:
-        return {"query": name, "error": result.error}
+        return SearchAnswer(query=name, error=result.error)
     embedded = time.perf_counter()
     try:
-        store = ctx.stores.get(collection, create=False)  # a search never creates one
-        hits = store.search(result.vector, top_k, expression)[0]
+        store = ctx.stores.get(request.collection, create=False)  # a search never creates one
+        hits = store.search(result.vector, request.top_k, expression)[0]
     except RETRYABLE:
         ctx.stores.forget()
         raise
     done = time.perf_counter()
-    return {
-        "query": name,
-        "hits": [[i, score] for i, score in hits],
-        "collection": store.name,
-        "metric": ctx.settings.metric,
-        "timing_ms": {
+    return SearchAnswer(
+        query=name,
+        hits=hits,
+        collection=store.name,
+        metric=ctx.settings.metric,
+        timing_ms={
             "embed": round((embedded - started) * 1000, 2),
             "search": round((done - embedded) * 1000, 2),
         },
-    }
+    )
 
 
-@app.task(
-    name=DUPLICATES_TASK,
-    autoretry_for=(MilvusException, ConnectionError),
-    retry_backoff=1,
-    max_retries=3,
-)
-def duplicates_slice(
-    ids: list[int],
-    threshold: float,
-    top_k: int,
-    collection: str | None = None,
-    milvus: str | None = None,
-    filters: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Search the vectors of ``ids`` (one slice of the collection) against the rows matching
-    ``filters`` and return the pairs scoring ``threshold`` or more: ``[a, b, score]``, a < b."""
-    ctx = context()
-    if refused := foreign_store(milvus, ctx.settings):
-        return {"error": refused.replace("not indexed", "not searched")}
+def duplicates_slice(self: WorkerTask, request: DuplicatesSlice) -> DuplicatesAnswer:
+    """Search the vectors of the slice's ids against the rows matching its filters and
+    return the pairs scoring its threshold or more."""
+    ctx = self.runtime.context()
+    if refused := foreign_store(request.milvus, ctx.settings):
+        return DuplicatesAnswer(error=refused.replace("not indexed", "not searched"))
     if ctx.settings.metric == "L2":
-        return {"error": "duplicates need an IP or COSINE collection (higher score: closer)"}
+        return DuplicatesAnswer(
+            error="duplicates need an IP or COSINE collection (higher score: closer)"
+        )
     try:
-        expression = SearchFilter.from_task(filters).expression()
+        expression = SearchFilter.from_task(request.filters).expression()
     except (FilterError, TypeError) as exc:
-        return {"error": f"bad filter: {exc}"}
+        return DuplicatesAnswer(error=f"bad filter: {exc}")
+    ids, top_k, threshold = request.ids, request.top_k, request.threshold
     started = time.perf_counter()
     pairs: set[tuple[int, int, float]] = set()
     try:
-        store = ctx.stores.get(collection, create=False)
+        store = ctx.stores.get(request.collection, create=False)
         vectors = store.vectors(ids)
         found = list(vectors)
         for start in range(0, len(found), ctx.settings.duplicates_search_batch):
@@ -332,4 +354,4 @@ def duplicates_slice(
         len(pairs),
         time.perf_counter() - started,
     )
-    return {"pairs": sorted(pairs), "searched": len(found)}
+    return DuplicatesAnswer(pairs=sorted(pairs), searched=len(found))
