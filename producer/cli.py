@@ -202,13 +202,16 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    producer = _producer(settings)
+    # Redis only: no Celery app, no Milvus client (pymilvus imports pandas), so it answers fast.
+    from ris.common.jobs import JobTracker, redis_client
+
+    tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
     try:
-        progress = producer.progress(args.job)
+        progress = tracker.progress(args.job)
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 2
-    failures = producer.failures(args.job)
+    failures = tracker.failures(args.job)
     if args.json:
         print(
             json.dumps(
@@ -594,14 +597,54 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 # Commands that fail fast, in one line, when Redis does not answer.
 _NEEDS_REDIS = frozenset({"ingest", "status", "search", "result"})
+# What a command needs beyond the base install, and the extra that brings it.
+_EXTRAS = {
+    "serve": ("api", ("fastapi", "uvicorn")),
+    "flower": ("flower", ("flower",)),
+    "demo": ("demo", ("towhee", "onnxruntime", "skimage")),
+}
+
+
+def _missing_extra(command: str, settings: Settings) -> str | None:
+    """One line naming the extra to install, if ``command`` needs modules that are missing."""
+    from importlib.util import find_spec
+
+    extra, modules = _EXTRAS.get(command, ("", ()))
+    if command == "worker":
+        runtime = "onnxruntime" if settings.runtime == "onnx" else "torch"
+        extra = "gpu" if settings.device == "cuda" else "worker"
+        modules = ("towhee", runtime)
+    missing = [m for m in modules if find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"error: `ris {command}` needs the {extra} extra: pip install 'ris[{extra}]' "
+        f"(missing: {', '.join(missing)})"
+    )
+
+
+def _settings() -> Settings:
+    """The settings from the environment; an invalid one exits with one line naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RIS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise SystemExit(f"error: invalid setting: {problems}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ris`` console script."""
-    settings = get_settings()  # read once here, passed to the command
+    settings = _settings()  # read once here, passed to the command
     args = build_parser(settings).parse_args(argv)
     if args.command == "worker" and not args.queue:
         args.queue = settings.queues[:1]
+    if missing := _missing_extra(args.command, settings):
+        print(missing, file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO
         if args.verbose or args.command in ("worker", "serve")
