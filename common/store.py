@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from ris.common.contracts import ImageRow
+from ris.common.milvus_write import upsert_rows
 from ris.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -254,14 +255,14 @@ class ImageStore:
     # --- writes ----------------------------------------------------------------------------
     def upsert(self, rows: Sequence[ImageRow]) -> None:
         """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery."""
-        # A collection created before the stat fields takes the rows without them.
-        names = ROW_FIELDS if self.has_stat_fields else ("id", "vector", *SCALAR_FIELDS)
+        # The fields written are the collection's own: one created before the stat fields
+        # takes the rows without them.
         if rows:
             # Bounded by the rows written, not 10x the call timeout: a worker cut off by a
             # partition mid-upsert is back within seconds of the heal, not minutes
             # (tests/test_multihost.py); 2,000 rows took 26-29 s on a loaded 2-core machine.
             timeout = self.settings.milvus_timeout_s * (1 + len(rows) / 100)
-            self.client.upsert(self.name, [_plain(r, names) for r in rows], timeout=timeout)
+            self.client.upsert_rows(self.name, rows, timeout)
 
     def refresh_stats(self, stats: dict[int, tuple[int, int]]) -> None:
         """Store a new ``(size, mtime_ns)`` for rows whose content is unchanged (a file
@@ -473,14 +474,6 @@ class ImageStore:
         self.client.close()
 
 
-def _plain(row: ImageRow, names: Iterable[str]) -> dict[str, Any]:
-    """The row as pymilvus takes it: the fields ``names``, the vector a list of floats."""
-    out = {name: getattr(row, name) for name in names}
-    vec = row.vector
-    out["vector"] = vec.tolist() if isinstance(vec, np.ndarray) else list(vec)
-    return out
-
-
 class BoundedClient:
     """A MilvusClient whose every call is bounded by ``RIS_MILVUS_TIMEOUT_S`` (pymilvus's own
     retries included: unbounded, they spin for minutes against a dead server without a word)
@@ -518,6 +511,23 @@ class BoundedClient:
         db = os.path.abspath(os.path.expanduser(self.settings.milvus_uri))
         return not engine_running(Path(db))
 
+    def _call(self, name: str, run: Callable[[MilvusClient], Any]) -> Any:
+        """``run(client)``: a failure is logged; one from a dead Lite engine restarts it and
+        runs again, once."""
+        try:
+            return run(self._client)
+        except MilvusException as exc:
+            if not self._lite_engine_gone():
+                log.warning("Milvus %s on %s failed: %s", name, self.settings.milvus_uri, exc)
+                raise
+        log.warning(
+            "Milvus Lite engine for %s is gone (during %s); starting it again",
+            self.settings.milvus_uri,
+            name,
+        )
+        self._client = self._connect()
+        return run(self._client)
+
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
         if name not in _RPC_CALLS:
@@ -526,21 +536,13 @@ class BoundedClient:
         def call(*args: Any, **kwargs: Any) -> Any:
             timeout = self.settings.milvus_timeout_s * (10 if name in _SLOW_CALLS else 1)
             kwargs.setdefault("timeout", timeout)
-            try:
-                return getattr(self._client, name)(*args, **kwargs)
-            except MilvusException as exc:
-                if not self._lite_engine_gone():
-                    log.warning("Milvus %s on %s failed: %s", name, self.settings.milvus_uri, exc)
-                    raise
-            log.warning(
-                "Milvus Lite engine for %s is gone (during %s); starting it again",
-                self.settings.milvus_uri,
-                name,
-            )
-            self._client = self._connect()
-            return getattr(self._client, name)(*args, **kwargs)
+            return self._call(name, lambda client: getattr(client, name)(*args, **kwargs))
 
         return call
+
+    def upsert_rows(self, collection: str, rows: Sequence[ImageRow], timeout: float) -> int:
+        """Upsert ``rows`` packed column by column (:mod:`ris.common.milvus_write`)."""
+        return self._call("upsert", lambda client: upsert_rows(client, collection, rows, timeout))
 
     def close(self) -> None:
         self._client.close()
