@@ -313,6 +313,7 @@ def test_result_of_an_unknown_id_is_an_error_at_once(io: IoCluster, photos: Path
 
 
 # --- 10: Redis down ------------------------------------------------------------------------
+@pytest.mark.unit
 @pytest.mark.parametrize("command", ["ingest", "status", "search"])
 def test_redis_down_is_one_line_within_seconds(command: str, photos: Path, tmp_path: Path) -> None:
     port = free_port()

@@ -276,6 +276,7 @@ def test_lite_servers_are_listed_and_stopped(lite_db: Path) -> None:
 
 
 # --- 12: clear errors -------------------------------------------------------------------------
+@pytest.mark.unit
 @pytest.mark.parametrize("top_k", ["0", "-1", "16385"])
 def test_top_k_out_of_range_is_refused_at_the_cli(tmp_path: Path, top_k: str) -> None:
     (query,) = _images(tmp_path, ["q.jpg"])
