@@ -51,7 +51,6 @@ def test_tasks_go_to_the_queue_asked_for(photos: Path, worker: subprocess.Popen[
         stop_worker(bulk)
 
 
-@pytest.mark.unit
 def test_gpu_worker_without_cuda_refuses_to_start() -> None:
     import torch
 
