@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test unit lint bench
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The tests that need no service (no Redis, worker or Milvus): `pytest -m unit`, in seconds.
+unit: install
+	$(VENV)/bin/pytest -m unit
 
 # netfilterqueue (packet delay in tests/test_multihost.py) builds against libnetfilter-queue's
 # headers, which .ci/run installs; without them only that test skips, and `make demo` never

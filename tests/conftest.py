@@ -1,13 +1,17 @@
 """Real services for the tests: a private Redis, a Milvus Lite file served over gRPC, and real
 ``ris worker`` processes. No mocks.
 
-The environment is set in ``pytest_configure``, before any test module imports the Celery app.
+Two tiers: tests marked ``unit`` need no service (``pytest -m unit``); every other test is
+marked ``system`` here and gets the session's Redis. Services start on first use, in session
+fixtures, so a unit run starts none: ``pytest_configure`` only picks their addresses and sets
+the RIS_* environment, before any test module imports the Celery app.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -26,21 +30,22 @@ if TYPE_CHECKING:  # imported late: the Celery app must see the test environment
     from ris.producer.client import Producer
 
 _STATE: dict[str, object] = {}
+# Fixtures that start a service (or a process that needs one): no unit test may reach them.
+SERVICE_FIXTURES = {"redis_url", "worker", "producer", "milvus_server", "backend"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from ris.common.local_redis import redis_answers, start_redis
-
     tmp = Path(tempfile.mkdtemp(prefix="ris-tests-"))
     _STATE["tmp"] = tmp
-    try:
-        url, proc = start_redis(workdir=tmp)
-        _STATE["redis_proc"] = proc
-    except RuntimeError:
-        # No redis-server binary: fall back to one given by the environment.
+    if shutil.which("redis-server"):
+        # The port is held (bound, not listening) until the Redis fixture starts the server,
+        # so no other process is given it meanwhile.
+        hold = socket.socket()
+        hold.bind(("127.0.0.1", 0))
+        _STATE["redis_port_hold"] = hold
+        url = f"redis://127.0.0.1:{hold.getsockname()[1]}/0"
+    else:  # no redis-server binary: one given by the environment
         url = os.environ.get("RIS_REDIS_URL", "redis://127.0.0.1:6379/15")
-        if not redis_answers(url):
-            raise
     os.environ.update(
         {
             "RIS_REDIS_URL": url,
@@ -53,16 +58,46 @@ def pytest_configure(config: pytest.Config) -> None:
     _STATE["redis_url"] = url
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that is not ``unit`` as ``system``; refuse a unit test that would reach
+    a service fixture."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.system)
+            continue
+        reached = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if reached:
+            raise pytest.UsageError(f"unit test {item.nodeid} uses {sorted(reached)}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A run of unit tests only must have started no service: fail it if one did."""
+    items = getattr(session, "items", [])
+    if not items or any(item.get_closest_marker("unit") is None for item in items):
+        return
+    tmp = Path(str(_STATE["tmp"]))
+    started = [
+        name
+        for name, yes in (
+            ("redis-server", "redis_proc" in _STATE),
+            ("a Milvus Lite server", (tmp / "lite-servers").exists()),
+        )
+        if yes
+    ]
+    if started:
+        session.config.get_terminal_writer().line(
+            f"\nunit tests started {', '.join(started)}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from ris.common.lite_server import stop_lite_server
 
     tmp = _STATE.get("tmp")
     if isinstance(tmp, Path):
         stop_lite_server(tmp / "milvus.db")
-    proc = _STATE.get("redis_proc")
-    if isinstance(proc, subprocess.Popen):
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +106,35 @@ def tmp_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    return str(_STATE["redis_url"])
+def redis_url(tmp_root: Path) -> Iterator[str]:
+    """The session's Redis, started on the port ``pytest_configure`` chose."""
+    from ris.common.local_redis import redis_answers, start_redis
+
+    url = str(_STATE["redis_url"])
+    hold = _STATE.pop("redis_port_hold", None)
+    if not isinstance(hold, socket.socket):
+        if not redis_answers(url):
+            raise RuntimeError(f"no redis-server binary and no Redis answers at {url}")
+        yield url
+        return
+    port = hold.getsockname()[1]
+    hold.close()
+    _, proc = start_redis(port, workdir=tmp_root)
+    _STATE["redis_proc"] = proc
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def _system_tests_have_redis(request: pytest.FixtureRequest) -> None:
+    """Every system test runs with the session's Redis, as the RIS_* environment says."""
+    if request.node.get_closest_marker("system") is not None:
+        request.getfixturevalue("redis_url")
 
 
 @pytest.fixture(scope="session")
-def worker(tmp_root: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker(tmp_root: Path, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
     """One real cpu-queue worker for the session."""
     proc = start_worker("cpu", "cpu-main@%h", log=tmp_root / "worker.log")
     yield proc
@@ -92,7 +150,7 @@ def photos(tmp_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def producer() -> Producer:
+def producer(redis_url: str) -> Producer:
     from ris.common.settings import get_settings
     from ris.producer.client import Producer
 

@@ -15,6 +15,7 @@ from ris.producer.evaluation import average_precision, hit_ratio, load_dataset, 
 from tests.helpers import run_cli
 
 
+@pytest.mark.unit
 def test_metrics_on_a_hand_checked_case() -> None:
     counts = Counter({"a": 3, "b": 3, "c": 2})
     ranked = [["a", "b", "a", "c", "a"], ["b", "c", "a", "a", "b"]]
@@ -70,6 +71,7 @@ def toy_dataset(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_both_layouts_read_the_same_dataset(toy_dataset: Path) -> None:
     folders, table = load_dataset(toy_dataset), load_dataset(toy_dataset / "dataset.csv")
     assert sorted(map(str, folders.candidates)) == sorted(map(str, table.candidates))

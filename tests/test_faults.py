@@ -21,13 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 from PIL import Image, ImageOps
-from pydantic import SecretStr
 from pymilvus.exceptions import MilvusException
 
 from ris.common.local_redis import start_redis
-from ris.common.settings import Settings, get_settings
-from ris.common.store import ImageStore, path_id
+from ris.common.store import path_id
 from ris.producer.client import Producer
+from tests.cluster import IsolatedCluster
 from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
 
 
@@ -46,13 +45,11 @@ def _wait_port(port: int, up: bool, timeout: float = 30) -> None:
 
 
 @dataclass
-class Cluster:
+class Cluster(IsolatedCluster):
     """An isolated Redis + Milvus server; each can be stopped and started again."""
 
-    root: Path
     redis_port: int
     milvus_port: int
-    env: dict[str, str]
     redis_proc: subprocess.Popen[bytes] | None = None
     milvus_proc: subprocess.Popen[bytes] | None = None
 
@@ -93,26 +90,6 @@ class Cluster:
         self.milvus_proc.wait(30)
         _wait_port(self.milvus_port, up=False)
 
-    def settings(self) -> Settings:
-        token = self.env.get("RIS_MILVUS_TOKEN")
-        return get_settings().model_copy(
-            update={
-                "redis_url": SecretStr(self.env["RIS_REDIS_URL"]),
-                "milvus_uri": self.env["RIS_MILVUS_URI"],
-                "milvus_token": SecretStr(token) if token else None,
-                "collection": self.env["RIS_COLLECTION"],
-                "chunk_size": int(self.env["RIS_CHUNK_SIZE"]),
-            }
-        )
-
-    def producer(self) -> Producer:
-        return Producer(self.settings())
-
-    def store(self) -> ImageStore:
-        from ris.common.store import open_store
-
-        return open_store(self.settings())
-
     def worker(self, **extra: str) -> subprocess.Popen[bytes]:
         return start_worker("cpu", env={**self.env, **extra}, log=self.root / "workers.log")
 
@@ -144,7 +121,7 @@ def cluster(tmp_root: Path) -> Iterator[Cluster]:
         # `ris ingest` looks for lost chunks after this long without progress.
         "RIS_STALL_CHECK_S": "5",
     }
-    c = Cluster(root, redis_port, milvus_port, env)
+    c = Cluster(root, env, redis_port, milvus_port)
     c.start_redis()
     c.start_milvus()
     yield c

@@ -23,39 +23,20 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
-from pydantic import SecretStr
 
 from ris.common.local_redis import start_redis
-from ris.common.settings import Settings, get_settings
-from ris.common.store import ImageStore, open_store, path_id
-from ris.producer.client import Producer
+from ris.common.store import path_id
+from tests.cluster import IsolatedCluster
 from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
 
 SOFT_LIMIT_S = 15
 
 
 @dataclass
-class IoCluster:
-    """A private Redis, the session's Milvus, one worker; RIS_* overrides in ``env``."""
+class IoCluster(IsolatedCluster):
+    """A private Redis, the session's Milvus, one worker."""
 
-    root: Path
-    env: dict[str, str]
     worker: subprocess.Popen[bytes] | None = None
-
-    def settings(self) -> Settings:
-        return get_settings().model_copy(
-            update={
-                "redis_url": SecretStr(self.env["RIS_REDIS_URL"]),
-                "collection": self.env["RIS_COLLECTION"],
-                "chunk_size": int(self.env["RIS_CHUNK_SIZE"]),
-            }
-        )
-
-    def producer(self) -> Producer:
-        return Producer(self.settings())
-
-    def store(self) -> ImageStore:
-        return open_store(self.settings())
 
     def ingest(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
         return run_cli(
@@ -313,6 +294,7 @@ def test_result_of_an_unknown_id_is_an_error_at_once(io: IoCluster, photos: Path
 
 
 # --- 10: Redis down ------------------------------------------------------------------------
+@pytest.mark.unit
 @pytest.mark.parametrize("command", ["ingest", "status", "search"])
 def test_redis_down_is_one_line_within_seconds(command: str, photos: Path, tmp_path: Path) -> None:
     port = free_port()

@@ -274,6 +274,7 @@ def test_lite_servers_are_listed_and_stopped(lite_db: Path) -> None:
 
 
 # --- 12: clear errors -------------------------------------------------------------------------
+@pytest.mark.unit
 @pytest.mark.parametrize("top_k", ["0", "-1", "16385"])
 def test_top_k_out_of_range_is_refused_at_the_cli(tmp_path: Path, top_k: str) -> None:
     (query,) = _images(tmp_path, ["q.jpg"])
@@ -281,6 +282,15 @@ def test_top_k_out_of_range_is_refused_at_the_cli(tmp_path: Path, top_k: str) ->
     assert proc.returncode == 2, proc.stdout
     assert "--top-k" in proc.stderr and "out of range: 1 to 16384" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("name", "value"), [("RIS_TOP_K", "0"), ("RIS_CHUNK_SIZE", "many")])
+def test_invalid_setting_in_the_environment_is_one_line(name: str, value: str) -> None:
+    proc = run_cli("status", "some-job", check=False, timeout=60, env={name: value})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: invalid setting: {name}: "), line
 
 
 def test_corrupt_db_says_what_is_wrong(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ def items(photos: Path) -> list[Item]:
     return [(str(p), p.read_bytes(), None) for p in sorted(photos.iterdir())]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("device", DEVICES)
 def test_uint8_input_matches_the_float_path_within_1e_3_cosine(
     items: list[Item], device: str
@@ -66,6 +67,7 @@ def test_uint8_input_matches_the_float_path_within_1e_3_cosine(
         assert np.min(np.sum(vectors * reference, axis=1)) > 1 - 1e-3, runtime
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_model_runs_on_one_thread_whatever_calls_it(items: list[Item], device: str) -> None:
     """Four decoding threads, two decoding processes and three concurrent chunks: every model
@@ -90,6 +92,7 @@ def test_the_model_runs_on_one_thread_whatever_calls_it(items: list[Item], devic
     assert engine._thread.ident != threading.get_ident()
 
 
+@pytest.mark.unit
 def test_batches_fill_across_concurrent_requests() -> None:
     """Two tasks' windows of 4 images each become one model call of RIS_BATCH_SIZE=8."""
     engine = InferenceEngine(_torch_cpu(batch_size=8, batch_wait_ms=500))
@@ -192,6 +195,7 @@ def _parent_is(pid: int, parent: int) -> bool:
     return int(stat.rsplit(")", 1)[1].split()[1]) == parent
 
 
+@pytest.mark.unit
 def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     items: list[Item],
 ) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ris.producer.inputs import expand_inputs
+
+pytestmark = pytest.mark.unit
 
 
 def _tree(root: Path) -> None:

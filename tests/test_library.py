@@ -258,14 +258,6 @@ def test_duplicates_groups_generated_copies_among_distractors(tmp_path: Path, ph
     )
 
 
-def test_union_find_joins_transitively() -> None:
-    from ris.common.duplicates import group_pairs, pair_set
-
-    groups = group_pairs([(1, 2, 0.9), (3, 4, 0.9), (2, 5, 0.95), (6, 6, 1.0)])
-    assert groups == [[1, 2, 5], [3, 4]]
-    assert pair_set(groups) == {(1, 2), (1, 5), (2, 5), (3, 4)}
-
-
 def test_sync_on_a_collection_created_before_the_stat_fields(tmp_path: Path, photos: Path) -> None:
     from pymilvus import DataType
 

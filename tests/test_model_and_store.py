@@ -23,6 +23,7 @@ def batch(photos: Path) -> np.ndarray:
     )
 
 
+@pytest.mark.unit
 def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
     from ris.common.models import Embedder
 
@@ -37,6 +38,7 @@ def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
     assert np.max(sims[~np.eye(4, dtype=bool)]) < 0.9
 
 
+@pytest.mark.unit
 def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray) -> None:
     """The model survives half precision (no overflow, small rounding), computed on the CPU:
     what the GPU worker's fp16 relies on, checked on every machine."""
@@ -54,6 +56,7 @@ def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray)
     assert np.min(np.sum(fp32 * fp16, axis=1)) > 1 - 1e-2
 
 
+@pytest.mark.unit
 def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> None:
     import torch
 
@@ -67,6 +70,7 @@ def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> Non
     assert np.min(np.sum(fp32 * fp16, axis=1)) > 1 - 1e-2
 
 
+@pytest.mark.unit
 def test_onnx_export_is_cached(tmp_path: Path) -> None:
     spec = get_spec("efficientnet-lite0")
     first = export_onnx(spec, tmp_path)
@@ -74,11 +78,13 @@ def test_onnx_export_is_cached(tmp_path: Path) -> None:
     assert export_onnx(spec, tmp_path) == first and first.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.unit
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         get_spec("vgg")
 
 
+@pytest.mark.unit
 def test_path_id_is_stable_and_positive() -> None:
     assert path_id("/data/a.jpg") == path_id("/data/a.jpg")
     assert path_id("/data/a.jpg") != path_id("/data/b.jpg")
@@ -93,6 +99,7 @@ def test_collection_refuses_another_model() -> None:
     store.drop()
 
 
+@pytest.mark.unit
 def test_milvus_lite_refuses_server_only_index_types() -> None:
     from pydantic import ValidationError
 
@@ -103,6 +110,7 @@ def test_milvus_lite_refuses_server_only_index_types() -> None:
     assert Settings(milvus_uri="http://milvus:19530", index_type="HNSW").index_type == "HNSW"
 
 
+@pytest.mark.unit
 def test_index_parameters_follow_the_index_type() -> None:
     server = "http://milvus:19530"
     hnsw = Settings(milvus_uri=server, index_type="HNSW")

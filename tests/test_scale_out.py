@@ -198,6 +198,7 @@ def test_images_are_read_from_s3(
     assert by_path.get(f"{prefix}/{names[1]}", 0) > 0.99, by_path
 
 
+@pytest.mark.unit
 def test_compose_file_describes_the_stack() -> None:
     """`docker compose config` accepts the file, and the resolved stack has what scale-out needs."""
     env = {

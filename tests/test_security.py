@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from kombu import Connection
 
 from ris.common.contracts import INGEST_TASK
 from ris.common.sources import SourceError, check_allowed
 
-pytestmark = pytest.mark.usefixtures("worker")
+# What the worker logs when it drops a message it will not deserialize (Celery and kombu).
+REFUSAL = "Received invalid task message: Refusing to deserialize untrusted content of type pickle"
 
 
 class _Marker:
@@ -26,8 +30,15 @@ class _Marker:
 
 
 def test_pickled_task_message_is_rejected(
-    tmp_path: Path, redis_url: str, photos: Path, producer
+    tmp_path: Path,
+    tmp_root: Path,
+    redis_url: str,
+    photos: Path,
+    producer,
+    worker: subprocess.Popen[bytes],
 ) -> None:
+    log = tmp_root / "worker.log"  # the session worker's
+    refusals = log.read_text(errors="replace").count(REFUSAL)
     marker = tmp_path / "executed"
     task_id = str(uuid.uuid4())
     body = pickle.dumps(((_Marker(str(marker)), []), {}, {}))
@@ -48,6 +59,12 @@ def test_pickled_task_message_is_rejected(
                 "retries": 0,
             },
         )
+    # The worker received it, said why it refused it and dropped it: the queue is empty.
+    deadline = time.monotonic() + 60
+    while log.read_text(errors="replace").count(REFUSAL) == refusals:
+        assert time.monotonic() < deadline, "the worker never logged refusing the message"
+        time.sleep(0.2)
+    assert redis.Redis.from_url(redis_url).llen("cpu") == 0
     # A JSON job sent after it still runs: the worker survived and consumes the queue.
     job = producer.ingest([str(photos / "coins.png")])
     assert producer.wait(job, timeout_s=120).indexed + producer.progress(job).unchanged == 1
@@ -55,6 +72,7 @@ def test_pickled_task_message_is_rejected(
     assert producer.app.AsyncResult(task_id).state == "PENDING"  # never ran
 
 
+@pytest.mark.unit
 def test_paths_outside_allowed_roots_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "sub").mkdir(parents=True)
