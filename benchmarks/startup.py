@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,13 @@ FORBIDDEN = ("common", "workers", "producer", "torch", "towhee", "onnxruntime", 
 def build_wheel(out: Path) -> Path:
     """The project's wheel, built from this checkout without network (setuptools of this venv)."""
     wheel = ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)]
-    subprocess.run([sys.executable, "-m", "pip", *wheel], check=True, capture_output=True)
+    # setuptools builds in the checkout's build/ (ignored by git): start from none, so that no
+    # file deleted from the tree since an earlier build lands in the wheel.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", *wheel], check=True, capture_output=True)
+    finally:
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
     return next(out.glob("ris-*.whl"))
 
 

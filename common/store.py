@@ -9,11 +9,13 @@ is an error rather than a silent mix of incomparable vectors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -496,7 +498,10 @@ class BoundedClient:
         for lg in loggers:
             lg.setLevel(logging.CRITICAL)
         try:
-            return MilvusClient(uri=uri, token=token)  # pymilvus waits 10 s to connect
+            # A connection of its own: pymilvus shares one per URI and token between clients
+            # unless named, and closing any of them closed it for all the others.
+            alias = f"ris-{uuid.uuid4().hex}"
+            return MilvusClient(uri=uri, token=token, alias=alias)  # waits 10 s to connect
         except Exception as exc:
             raise MilvusConnectError(_connect_failure(uri, exc)) from None
         finally:
@@ -525,6 +530,8 @@ class BoundedClient:
             self.settings.milvus_uri,
             name,
         )
+        with contextlib.suppress(Exception):
+            self._client.close()
         self._client = self._connect()
         return run(self._client)
 
@@ -606,8 +613,10 @@ class StoreCache:
         return self._stores[name]
 
     def forget(self, collection: str | None = None) -> None:
-        """Drop the client of ``collection``, or of every collection."""
-        if collection is None:
-            self._stores.clear()
-        else:
-            self._stores.pop(collection, None)
+        """Close and drop the client of ``collection``, or of every collection."""
+        names = list(self._stores) if collection is None else [collection]
+        for name in names:
+            store = self._stores.pop(name, None)
+            if store is not None:
+                with contextlib.suppress(Exception):  # after a Milvus error: it may be gone
+                    store.close()

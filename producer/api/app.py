@@ -366,8 +366,11 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         except redis.RedisError as exc:
             redis_ok, errors["redis"] = False, str(exc)
         try:
-            # Not closed: pymilvus shares one connection per URI, the producer's store's too.
-            milvus_client(settings, create=False).list_collections()
+            client = milvus_client(settings, create=False)
+            try:
+                client.list_collections()
+            finally:
+                client.close()
             milvus_ok = True
         except CollectionNotFoundError:  # a Lite file nothing was indexed into yet
             milvus_ok = True
