@@ -71,11 +71,26 @@ def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> Non
 
 
 @pytest.mark.unit
-def test_onnx_export_is_cached(tmp_path: Path) -> None:
+def test_onnx_export_is_cached_and_then_runs_without_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
     spec = get_spec("efficientnet-lite0")
     first = export_onnx(spec, tmp_path)
     mtime = first.stat().st_mtime_ns
     assert export_onnx(spec, tmp_path) == first and first.stat().st_mtime_ns == mtime
+    # A worker that runs the cached export (and its task module) never imports torch.
+    code = (
+        "import sys, numpy as np; import ris.workers.tasks; "
+        "from ris.common.models import Embedder; from ris.common.settings import Settings; "
+        "v = Embedder(Settings(model_cache_dir=sys.argv[1])).embed("
+        "np.zeros((2, 224, 224, 3), np.uint8)); "
+        "print(v.shape, sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip() == "(2, 1280) []", proc.stdout + proc.stderr
 
 
 @pytest.mark.unit
