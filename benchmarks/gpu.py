@@ -189,7 +189,7 @@ def end_to_end(
     cluster.start_workers(1, concurrency, queue=queue, log=log, **worker)
     startup = time.perf_counter() - t0
     producer = Producer(settings)
-    producer.store.count()  # the collection exists before the clock starts
+    producer.store_for(None, create=True)  # the collection exists before the clock starts
     with GpuSampler() as sampler:
         started = time.perf_counter()
         job = producer.ingest((str(p) for p in paths), queue=queue)
