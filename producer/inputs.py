@@ -57,6 +57,12 @@ def _dir_key(path: str) -> DirKey | None:
     return st.st_dev, st.st_ino
 
 
+def walk_folder(folder: str) -> Iterator[str]:
+    """The image files ``ris ingest FOLDER`` indexes: every one under ``folder``, links to
+    directories followed, each directory walked once."""
+    return _walk(os.path.abspath(folder), set())
+
+
 def _walk(folder: str, visited: set[DirKey]) -> Iterator[str]:
     """Image files under ``folder``, depth first, each directory's entries in name order;
     symbolic links to directories are followed unless the directory was walked already."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ris.common.store import ImageStore, path_id
-from ris.producer.inputs import image_extensions
+from ris.producer.inputs import walk_folder
 
 
 class SyncError(ValueError):
@@ -38,25 +38,15 @@ class SyncPlan:
 
 
 def walk_stat(root: str) -> Iterator[tuple[str, int, int]]:
-    """``(absolute path, size, mtime_ns)`` of every image file under ``root``, the files that
-    ``ris ingest ROOT`` would index (symlinked folders are not followed)."""
-    extensions = image_extensions()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
+    """``(absolute path, size, mtime_ns)`` of every image file under ``root``: the files that
+    ``ris ingest ROOT`` indexes, found by the same walk (links to folders followed, each
+    folder once)."""
+    for path in walk_folder(root):
         try:
-            entries = list(os.scandir(folder))
+            st = os.stat(path)  # follows a symlinked file, as the worker's read does
         except OSError:
-            continue  # unreadable folder: its rows are kept, see plan_sync
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in extensions:
-                try:
-                    st = entry.stat()  # follows a symlinked file, as the worker's read does
-                except OSError:
-                    continue  # a broken link: not a file to index
-                yield entry.path, st.st_size, st.st_mtime_ns
+            continue  # a broken link: not a file to index
+        yield path, st.st_size, st.st_mtime_ns
 
 
 def plan_sync(store: ImageStore, roots: list[str]) -> SyncPlan:

@@ -206,6 +206,29 @@ def test_worker_skips_a_file_whose_size_and_mtime_match(tmp_path: Path, photos: 
         (folder / src.name).chmod(0o644)
 
 
+def test_sync_sees_the_files_ingest_indexed_through_linked_folders(
+    tmp_path: Path, photos: Path
+) -> None:
+    """`ris sync` walks like `ris ingest`: into linked folders, each folder once (a loop too)."""
+    env = _collection_env()
+    originals = sorted(photos.iterdir())
+    root, elsewhere = tmp_path / "lib", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(originals[0], root / originals[0].name)
+    shutil.copy(originals[1], elsewhere / originals[1].name)
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(root, target_is_directory=True)
+    assert "2 indexed" in run_cli("ingest", str(root), "--quiet", env=env).stdout
+    assert _counts(run_cli("sync", str(root), env=env).stdout) == (
+        "0 new, 0 changed, 2 unchanged, 0 gone"
+    )
+    shutil.copy(originals[2], elsewhere / "added.png")  # new, behind the link
+    proc = run_cli("sync", str(root), "--quiet", env=env)
+    assert _counts(proc.stdout) == "1 new, 0 changed, 2 unchanged, 0 gone"
+    assert _rows(env) == 3
+
+
 def test_sync_refuses_a_missing_root(tmp_path: Path) -> None:
     proc = run_cli("sync", str(tmp_path / "unmounted"), env=_collection_env(), check=False)
     assert proc.returncode == 1
