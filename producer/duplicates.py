@@ -13,7 +13,7 @@ from celery.result import AsyncResult
 from ris.common.contracts import DUPLICATES_TASK, DuplicatesAnswer, DuplicatesSlice
 from ris.common.duplicates import DUPLICATES_TOP_K, group_pairs
 from ris.common.filters import SearchFilter
-from ris.producer.client import Producer
+from ris.producer.client import Producer, poll_result
 
 
 class DuplicatesError(RuntimeError):
@@ -68,7 +68,7 @@ def find_duplicates(
     pairs: list[tuple[int, int, float]] = []
     for done, task in enumerate(tasks, 1):
         result = AsyncResult(task.id, app=producer.app)
-        answer = DuplicatesAnswer.model_validate(result.get(timeout=timeout_s))
+        answer = DuplicatesAnswer.model_validate(poll_result(result, timeout_s))
         result.forget()
         if answer.error:
             raise DuplicatesError(answer.error)
