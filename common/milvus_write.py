@@ -75,16 +75,18 @@ def upsert_request(
 def upsert_rows(client: Any, collection: str, rows: Sequence[ImageRow], timeout: float) -> int:
     """Upsert ``rows`` through ``client`` (a pymilvus MilvusClient); returns the rows written."""
     handler = client._get_connection()
-    for attempt in range(2):
+
+    def send() -> Any:
         schema, stamp = handler._get_schema_from_cache_or_remote(collection, timeout=timeout)
         request = upsert_request(collection, schema["fields"], rows, stamp)
-        response = handler._stub.Upsert(request, timeout=timeout)
+        return handler._stub.Upsert(request, timeout=timeout)
+
+    response = send()
+    if response.status.error_code == common_pb2.SchemaMismatch:
         # The collection changed since its schema was cached (as pymilvus does: re-read once).
-        if response.status.error_code == common_pb2.SchemaMismatch and attempt == 0:
-            handler.update_schema(collection, timeout)
-            continue
-        check_status(response.status)
-        # Session reads of this client see the write (pymilvus keeps this timestamp).
-        ts_utils.update_collection_ts(collection, response.timestamp)
-        return int(response.upsert_cnt)
-    raise AssertionError("unreachable")
+        handler.update_schema(collection, timeout)
+        response = send()
+    check_status(response.status)
+    # Session reads of this client see the write (pymilvus keeps this timestamp).
+    ts_utils.update_collection_ts(collection, response.timestamp)
+    return int(response.upsert_cnt)
