@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import LocalCluster, benchmark_images, machine, rss_mib
+from ris.common.loading import Item
 
 RESULTS: dict[str, Any] = {}
 
@@ -134,7 +138,7 @@ def decode_ceiling(paths: list[Path], processes: int) -> None:
     from ris.common.settings import get_settings
 
     settings = get_settings()
-    items = [(str(p), None, None) for p in paths]
+    items = [Item(str(p)) for p in paths]
     groups = [items[i : i + 8] for i in range(0, len(items), 8)]
 
     def run() -> None:
@@ -156,7 +160,7 @@ def pipeline_alone(paths: list[Path], device: str, chunk: int, processes: int) -
     # Settings(device=...) takes the device's defaults (batch, decoding processes).
     settings = Settings(runtime="torch", device=device, fp16=True, decode_processes=processes)
     pipeline = EmbeddingPipeline(settings)
-    items = [(str(p), None, None) for p in paths]
+    items = [Item(str(p)) for p in paths]
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
 
     def run() -> None:
@@ -176,12 +180,16 @@ def end_to_end(
     worker: dict[str, Any],
     concurrency: int | None = None,
     log: Path | None = None,
+    profile: Path | None = None,
 ) -> None:
     """Figures 5 and 6: ``ris ingest`` through Redis, real workers (``worker``: their
-    settings) and Milvus Lite."""
+    settings) and Milvus Lite. ``profile``: py-spy samples of the worker process while the job
+    runs, where py-spy is at hand."""
     from ris.producer.client import Producer
 
-    settings = cluster.new_collection(**{k: v for k, v in worker.items() if k == "queues"})
+    # The producer's settings: the queues it may use, the paths it puts in a task.
+    producer_keys = ("queues", "chunk_size", "gpu_chunk_size")
+    settings = cluster.new_collection(**{k: v for k, v in worker.items() if k in producer_keys})
     t0 = time.perf_counter()
     if log:
         with open(log, "a") as fh:
@@ -190,27 +198,177 @@ def end_to_end(
     startup = time.perf_counter() - t0
     producer = Producer(settings)
     producer.store_for(None, create=True)  # the collection exists before the clock starts
+    spy = start_profiler(cluster.workers[0].pid, profile) if profile else None
     with GpuSampler() as sampler:
         started = time.perf_counter()
         job = producer.ingest((str(p) for p in paths), queue=queue)
-        progress = producer.wait(job, poll_s=0.1, timeout_s=600)
+        enqueued = time.perf_counter() - started
+        progress = producer.wait(job, poll_s=0.05, timeout_s=600)
+        processed = time.perf_counter() - started
         producer.store.flush()
         rows = producer.store.count()
         elapsed = time.perf_counter() - started
+    if spy:
+        stop_profiler(spy, name)
     peak = max((rss_mib(p)[1] for p in cluster.worker_pids()), default=0.0)
     cluster.stop_workers()
     RESULTS[name] = {
         "rate": len(paths) / elapsed,
         "seconds": round(elapsed, 2),
+        "enqueued_s": round(enqueued, 2),
+        "processed_s": round(processed, 2),
         "rows": rows,
         "failed": progress.failed,
         "worker_start_s": round(startup, 1),
         "peak_rss_mib": round(peak),
         "chunk": settings.chunk_size_for(queue),
         **sampler.summary(),
+        **(chunk_stages(log, name) if log else {}),
     }
     say(f"{name}: {RESULTS[name]}")
     assert rows == len(paths) and progress.failed == 0, RESULTS[name]
+
+
+_CHUNK_LINE = re.compile(r"^(\S+ \S+) INFO .*: chunk of (\d+): .* in ([\d.]+)s \((.*)\)$")
+
+
+def chunk_stages(log: Path, name: str) -> dict[str, Any]:
+    """What the worker's log says of step ``name``'s chunks: median seconds per stage, and the
+    stage seconds summed over all chunks per second of the step (how many chunks were in
+    that stage at once, on average)."""
+    section, lines = None, []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("===== "):
+            section = line[6:]
+        elif section == name and (m := _CHUNK_LINE.match(line)):
+            lines.append(m)
+    if not lines:
+        return {}
+    stages: dict[str, list[float]] = {"total": []}
+    for m in lines:
+        stages["total"].append(float(m[3]))
+        for part in re.finditer(r"([\w+]+) ([\d.]+)s", m[4]):
+            stages.setdefault(part[1], []).append(float(part[2]))
+    stamps = [time.mktime(time.strptime(m[1].split(",")[0], "%Y-%m-%d %H:%M:%S")) for m in lines]
+    span = max(1.0, max(stamps) - min(stamps) + float(lines[0][3]))
+    return {
+        "chunks": len(lines),
+        "chunk_median_s": {k: round(float(np.median(v)), 3) for k, v in stages.items()},
+        "chunk_stage_in_flight": {k: round(sum(v) / span, 2) for k, v in stages.items()},
+    }
+
+
+def _py_spy() -> str | None:
+    """py-spy on PATH, beside this Python, or in a --target install on sys.path (the kit's)."""
+    beside = [Path(sys.executable).parent] + [Path(p) / "bin" for p in sys.path if p]
+    return shutil.which("py-spy") or next(
+        (str(d / "py-spy") for d in beside if (d / "py-spy").is_file()), None
+    )
+
+
+_SPY_RATE = 100
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling ``pid`` (all threads, idle ones left out) until stopped; None without
+    py-spy."""
+    exe = _py_spy()
+    if exe is None:
+        say("py-spy not found: no profile")
+        return None
+    # --gil: only the thread holding the GIL is sampled, so samples / (rate x seconds) is the
+    # share of the time the worker's one GIL was busy.
+    cmd = [
+        exe,
+        "record",
+        "-p",
+        str(pid),
+        "-r",
+        str(_SPY_RATE),
+        "--gil",
+        "-f",
+        "raw",
+        "-o",
+        str(out),
+    ]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # attached before the clock starts
+    RESULTS["profile_started"] = time.perf_counter()
+    return spy
+
+
+def stop_profiler(spy: subprocess.Popen[bytes], name: str) -> None:
+    RESULTS["profile_s"] = time.perf_counter() - RESULTS.pop("profile_started")
+    spy.send_signal(signal.SIGINT)  # py-spy writes its samples on Ctrl-C
+    try:
+        _, err = spy.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        return
+    if spy.returncode not in (0, -signal.SIGINT):
+        say(f"py-spy: {err.decode(errors='replace')[-300:]}")
+
+
+def profile_summary(raw: Path, top: int = 60) -> list[str]:
+    """The functions the profiled worker spent most samples in, counted once per stack."""
+    if not raw.is_file():
+        return []
+    total, inclusive = 0, Counter[str]()
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        # "fn (path/file.py:line)" -> "fn (file.py)": one entry per function
+        names = {re.sub(r" \((?:.*/)?([^/:]*)(?::\d+)?\)$", r" (\1)", f) for f in stack.split(";")}
+        for frame in names:
+            inclusive[frame] += int(count)
+    busy = total / (_SPY_RATE * RESULTS.get("profile_s", 1.0))
+    head = f"GIL held {busy:.0%} of {RESULTS.get('profile_s', 0):.1f} s ({total} samples)"
+    return [head, *(f"{n / max(total, 1):6.1%} {f[:140]}" for f, n in inclusive.most_common(top))]
+
+
+def gpu_jpeg_probe(paths: list[Path], batch: int = 256) -> None:
+    """How fast the GPU decodes and resizes JPEGs (nvJPEG through torchvision), and how close
+    its images' vectors are to the CPU decode's: what GPU decoding would bring."""
+    import torch
+    import torchvision
+    from torchvision.io import decode_jpeg
+
+    from ris.common.images import decode
+    from ris.common.models import Embedder
+    from ris.common.settings import get_settings
+
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+
+    def run(part: list[torch.Tensor]) -> torch.Tensor:
+        images = decode_jpeg(part, device="cuda")
+        out = torch.stack(
+            [
+                torch.nn.functional.interpolate(
+                    im[None].float(), size=(224, 224), mode="bilinear", antialias=True
+                )[0]
+                for im in images
+            ]
+        )
+        torch.cuda.synchronize()
+        return out
+
+    parts = [datas[i : i + batch] for i in range(0, len(datas), batch)]
+    RESULTS["gpu_jpeg_decode"] = timed(len(datas), lambda: [run(p) for p in parts], min_s=1.0)
+    say(
+        f"GPU JPEG decode + resize (torchvision {torchvision.__version__}): "
+        f"{RESULTS['gpu_jpeg_decode']:.0f} images/s"
+    )
+    settings = get_settings().model_copy(
+        update={"runtime": "torch", "device": "cuda", "fp16": True}
+    )
+    embedder = Embedder(settings)
+    gpu_images = run(datas[:64]).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    cpu_images = np.stack([decode(p.read_bytes(), 224, 10**8).pixels for p in paths[:64]])
+    cos = np.sum(embedder.embed(gpu_images) * embedder.embed(cpu_images), axis=1)
+    RESULTS["gpu_jpeg_cosine"] = {"min": float(cos.min()), "mean": float(cos.mean())}
+    say(f"cosine GPU-decoded vs CPU-decoded images: {RESULTS['gpu_jpeg_cosine']}")
 
 
 def gpu_vs_cpu_cosine(paths: list[Path], device: str) -> None:
@@ -258,6 +416,11 @@ def report(args: argparse.Namespace, cores: int) -> str:
             lines.append(f"{key}: {json.dumps(value)}")
     if "cosine_gpu_cpu" in r:
         lines.append(f"cosine GPU vs CPU vectors: {json.dumps(r['cosine_gpu_cpu'])}")
+    if "gpu_jpeg_decode" in r:
+        lines.append(f"GPU JPEG decode + resize: {r['gpu_jpeg_decode']:,.0f} images/s")
+        lines.append(f"cosine GPU-decoded vs CPU-decoded: {json.dumps(r.get('gpu_jpeg_cosine'))}")
+    if profile := profile_summary(args.out / "gpu_worker_profile.txt"):
+        lines += ["", "GPU worker process, py-spy --gil, share of samples (inclusive):", *profile]
     for err in r.get("errors", []):
         lines.append(f"error: {err}")
     return "\n".join(lines)
@@ -307,14 +470,29 @@ def main() -> int:
                 "cpu_workers",
                 lambda: end_to_end(cluster, "cpu_workers", paths, "cpu", cpu_worker, cores),
             ),
+            (
+                "gpu_worker_profiled",
+                lambda: end_to_end(
+                    cluster,
+                    "gpu_worker_profiled",
+                    paths,
+                    gpu_queue,
+                    gpu_worker,
+                    log=wlog,
+                    profile=args.out / "gpu_worker_profile.txt",
+                ),
+            ),
+            ("gpu_jpeg", lambda: gpu_jpeg_probe(sample[:1024]) if device == "cuda" else None),
             ("pipeline", lambda: pipeline_alone(sample, device, chunk, decoders)),
         ]
-        # Other GPU worker settings, while the budget lasts: more chunks in flight, a smaller
-        # batch, fewer decoding processes (cores left to the worker, Redis and Milvus).
+        # Other GPU worker settings, while the budget lasts: more chunks in flight, smaller
+        # chunks, fewer decoding processes (cores left to the worker, Redis and Milvus), a
+        # smaller batch.
         for name, extra, conc in (
             ("gpu_worker_16_in_flight", {}, 16),
-            ("gpu_worker_batch_128", {"batch_size": 128}, None),
+            ("gpu_worker_chunks_of_256_16_in_flight", {"gpu_chunk_size": 256}, 16),
             ("gpu_worker_12_decoders", {"decode_processes": max(1, cores - 4)}, None),
+            ("gpu_worker_batch_128", {"batch_size": 128}, None),
         ):
             worker = {**gpu_worker, **extra}
             steps.append(

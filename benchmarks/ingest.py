@@ -60,16 +60,17 @@ def tutorial_baseline(settings: Settings, paths: list[Path], runtime: str) -> fl
     """Figure 2: one image at a time through the pipeline, one Milvus insert per image, the
     model run by ``runtime`` (the tutorial runs torch eager)."""
     from ris.common.contracts import ImageRow
+    from ris.common.loading import Item
     from ris.common.pipeline import EmbeddingPipeline
     from ris.common.store import open_store, path_id
 
     settings = settings.model_copy(update={"runtime": runtime, "batch_size": 1})
     pipeline = EmbeddingPipeline(settings)
     store = open_store(settings)
-    pipeline([(str(paths[0]), paths[0].read_bytes(), None)])  # warm up
+    pipeline([Item(str(paths[0]), paths[0].read_bytes())])  # warm up
     started = time.perf_counter()
     for p in paths:
-        res = pipeline([(str(p), p.read_bytes(), None)])[0]
+        res = pipeline([Item(str(p), p.read_bytes())])[0]
         store.upsert(
             [
                 ImageRow(

@@ -45,10 +45,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def real_embeddings(settings: Settings, paths: list[Path]) -> np.ndarray:
+    from ris.common.loading import Item
     from ris.common.pipeline import EmbeddingPipeline
 
     pipeline = EmbeddingPipeline(settings)
-    results = pipeline([(str(p), p.read_bytes(), None) for p in paths])
+    results = pipeline([Item(str(p), p.read_bytes()) for p in paths])
     return np.stack([r.vector for r in results])
 
 

@@ -217,5 +217,5 @@ def load_in_processes(
             except BrokenProcessPool:
                 _discard(pool)
         else:
-            out.append(Loaded(item[0], error="cannot decode: the decoding process died on it"))
+            out.append(Loaded(item.key, error="cannot decode: the decoding process died on it"))
     return out

@@ -1,5 +1,6 @@
-"""Load one image for the model: read its bytes (unless given), hash them, skip it when the
-stored hash matches, decode it. What a decoding process (or thread) does, in one place.
+"""Load one image for the model: stat the file, skip it when size and mtime match the stored
+ones, read its bytes (unless given), hash them, skip it when the stored hash matches, decode it.
+What a decoding process (or thread) does, in one place: none of it runs on the worker's GIL.
 
 A GPU worker runs this in processes (``ris.common.decode_pool``): reading, hashing and decoding
 would otherwise take the worker's GIL away from the loop that feeds the GPU. A file is held
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,8 +20,18 @@ from ris.common.paths import FILE_SCHEME, decode_file_url
 from ris.common.settings import Settings
 from ris.common.sources import SourceError, check_allowed, read_source
 
-# (key, image bytes or None to read the file or URL named by key, sha256 already stored or None)
-Item = tuple[str, bytes | None, str | None]
+# (size, mtime_ns) of a local file
+Stat = tuple[int, int]
+
+
+class Item(NamedTuple):
+    """What to load: ``key`` names a file or URL; ``data``, when given, is its bytes (a query
+    image); ``known_sha``/``known_stat`` are what the store holds for it, if anything."""
+
+    key: str
+    data: bytes | None = None
+    known_sha: str | None = None
+    known_stat: Stat | None = None
 
 
 @dataclass(frozen=True)
@@ -27,7 +39,7 @@ class Loaded:
     """One item's outcome: a decoded image, or unchanged, or the reason it failed."""
 
     key: str
-    sha256: str = ""
+    sha256: str = ""  # empty when unchanged by its stat (not read)
     pixels: np.ndarray | None = None  # uint8 (S, S, 3)
     width: int = 0  # of the original, upright
     height: int = 0
@@ -37,20 +49,27 @@ class Loaded:
     error: str | None = None
     # A network failure worth retrying the task for, rather than a bad file.
     retryable: bool = False
+    stat: Stat | None = None  # of a local file, taken before it was read
 
 
 def load(item: Item, settings: Settings, size: int) -> Loaded:
-    """Read, hash and decode one item; never raises."""
-    key, data, known_sha = item
+    """Stat, read, hash and decode one item; never raises."""
+    key, data, known_sha, known_stat = item
+    stat = None
     try:
-        if data is None:  # read and hashed in one pass
-            data, sha = read_source(key, settings)
+        if data is None:
+            # Stat'ed before reading: a file changed meanwhile keeps the older stat, so the
+            # next sync reads it again rather than trusting a stat newer than the content.
+            stat = file_stat(key, settings)
+            if stat is not None and stat == known_stat:
+                return Loaded(key, unchanged=True, stat=stat)
+            data, sha = read_source(key, settings)  # read and hashed in one pass
         else:
             sha = hashlib.sha256(data).hexdigest()
         if sha == known_sha:
-            return Loaded(key, sha, unchanged=True)
+            return Loaded(key, sha, unchanged=True, stat=stat)
         image = decode(data, size, settings.max_image_pixels)
-        return Loaded(key, sha, image.pixels, image.width, image.height)
+        return Loaded(key, sha, image.pixels, image.width, image.height, stat=stat)
     except (SourceError, ImageError) as exc:
         return Loaded(key, error=str(exc))
     except OSError as exc:  # read_source: network trouble
@@ -59,7 +78,7 @@ def load(item: Item, settings: Settings, size: int) -> Loaded:
         return Loaded(key, error=f"cannot decode: {type(exc).__name__}: {exc}")
 
 
-def file_stat(key: str, settings: Settings) -> tuple[int, int] | None:
+def file_stat(key: str, settings: Settings) -> Stat | None:
     """``(size, mtime_ns)`` of a local file, None for a URL or a file that cannot be stat'ed
     or lies outside the allowed roots (it is then read, and fails with its reason)."""
     if "://" in key and not key.startswith(FILE_SCHEME):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ris.common import decode_pool
 from ris.common.inference import InferenceEngine, get_engine
-from ris.common.loading import Item, Loaded, load
+from ris.common.loading import Item, Loaded, Stat, load
 from ris.common.models import get_spec
 from ris.common.settings import Settings
 
@@ -46,6 +46,7 @@ class EmbedResult:
     unchanged: bool = False
     error: str | None = None
     retryable: bool = False  # a network failure: retry the task rather than fail the file
+    stat: Stat | None = None  # (size, mtime_ns) of a local file, taken before it was read
 
 
 class LoadOp:
@@ -80,13 +81,18 @@ class EmbedOp:
         images = [x for x in loaded if x.pixels is not None]
         vectors = self.engine.embed(np.stack([x.pixels for x in images])) if images else []
         by_key = {
-            x.key: EmbedResult(x.key, x.sha256, vec, x.width, x.height)
+            x.key: EmbedResult(x.key, x.sha256, vec, x.width, x.height, stat=x.stat)
             for x, vec in zip(images, vectors, strict=True)
         }
         return [
             by_key.get(x.key)
             or EmbedResult(
-                x.key, x.sha256, unchanged=x.unchanged, error=x.error, retryable=x.retryable
+                x.key,
+                x.sha256,
+                unchanged=x.unchanged,
+                error=x.error,
+                retryable=x.retryable,
+                stat=x.stat,
             )
             for x in loaded
         ]
@@ -112,8 +118,7 @@ def _register() -> None:
 
 
 class EmbeddingPipeline:
-    """Embeds items ``(key, bytes or None to read key, stored sha256 or None)``; the model is
-    loaded once per process."""
+    """Embeds :class:`~ris.common.loading.Item` s; the model is loaded once per process."""
 
     def __init__(self, settings: Settings) -> None:
         from towhee import ops, pipe
@@ -141,4 +146,4 @@ class EmbeddingPipeline:
         if not items:
             return []
         by_key = {r.key: r for row in self._pipe(list(items)).to_list() for r in row[0]}
-        return [by_key[key] for key, _, _ in items]
+        return [by_key[item.key] for item in items]

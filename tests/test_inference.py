@@ -44,7 +44,7 @@ DEVICES = [
 
 @pytest.fixture(scope="module")
 def items(photos: Path) -> list[Item]:
-    return [(str(p), p.read_bytes(), None) for p in sorted(photos.iterdir())]
+    return [Item(str(p), p.read_bytes()) for p in sorted(photos.iterdir())]
 
 
 @pytest.mark.unit
@@ -56,7 +56,7 @@ def test_uint8_input_matches_the_float_path_within_1e_3_cosine(
     the vectors equal those of the float32 input the model was always given."""
     import torch
 
-    images = np.stack([decode(data, SPEC.input_size, 10**8).pixels for _, data, _ in items[:8]])
+    images = np.stack([decode(item.data, SPEC.input_size, 10**8).pixels for item in items[:8]])
     model = SPEC.load().eval()
     with torch.inference_mode():
         reference = model(torch.from_numpy(normalise(images, SPEC.mean, SPEC.std))).numpy()
@@ -209,7 +209,7 @@ def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     from ris.common.loading import load
 
     settings = get_settings()
-    paths = [(key, None, None) for key, _, _ in items]
+    paths = [Item(item.key) for item in items]
     here = [load(item, settings, SPEC.input_size) for item in paths]
     there = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
     for a, b in zip(here, there, strict=True):

@@ -40,7 +40,7 @@ from ris.common.contracts import (
 from ris.common.duplicates import pairs_of
 from ris.common.filters import FilterError, SearchFilter
 from ris.common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
-from ris.common.loading import file_stat
+from ris.common.loading import Item
 from ris.common.pipeline import EmbeddingPipeline
 from ris.common.settings import Settings
 from ris.common.store import StoreCache, foreign_store, path_id
@@ -209,23 +209,22 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
     job_id, paths = chunk.job_id, chunk.paths
     started = time.perf_counter()
     spent: dict[str, float] = {}  # seconds per stage, for the log
+    ids = {p: path_id(p) for p in paths}
     try:
         store = ctx.stores.get(chunk.collection)
-        ids = [path_id(p) for p in paths]
-        stored = store.known_stats(ids)
-        known = {i: sha for i, (sha, _, _) in stored.items()}
-        stats = {i: (size, mtime) for i, (_, size, mtime) in stored.items()}
+        stored = store.known_stats(list(ids.values()))
     except RETRYABLE:
         ctx.stores.forget()
         raise
     spent["lookup"] = time.perf_counter() - started
     # The task's result state (AsyncResult.state) while the chunk is embedded.
     self.update_state(state="EMBEDDING", meta={"job_id": job_id, "paths": len(paths)})
-    # Stat'ed before reading: a file changed meanwhile keeps the older stat, so the next sync
-    # reads it again rather than trusting a stat newer than the content stored.
-    stat = {p: file_stat(p, ctx.settings) for p in paths}
-    same = {p for p in paths if stat[p] is not None and stats.get(path_id(p)) == stat[p]}
-    results = ctx.pipeline([(p, None, known.get(path_id(p))) for p in paths if p not in same])
+    # A file whose stat matches the stored one is not read; one whose hash does, not decoded.
+    known_sha = {i: sha for i, (sha, _, _) in stored.items()}
+    known_stat = {i: (size, mtime) for i, (_, size, mtime) in stored.items()}
+    results = ctx.pipeline(
+        [Item(p, None, known_sha.get(ids[p]), known_stat.get(ids[p])) for p in paths]
+    )
     spent["load+embed"] = time.perf_counter() - started - spent["lookup"]
     retry = [r for r in results if r.retryable]
     if retry:  # a URL that could not be fetched: the whole chunk is tried again later
@@ -234,15 +233,15 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
     now_ms = int(time.time() * 1000)
     rows = [
         ImageRow(
-            id=path_id(r.key),
+            id=ids[r.key],
             vector=r.vector,
             path=r.key,
             sha256=r.sha256,
             width=r.width,
             height=r.height,
             ingested_at=now_ms,
-            size=(stat[r.key] or (-1, -1))[0],
-            mtime_ns=(stat[r.key] or (-1, -1))[1],
+            size=(r.stat or (-1, -1))[0],
+            mtime_ns=(r.stat or (-1, -1))[1],
         )
         for r in results
         if r.vector is not None
@@ -252,11 +251,9 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
         # Same content under a new stat (touched, copied back): remember the new stat.
         store.refresh_stats(
             {
-                path_id(r.key): stat[r.key]
+                ids[r.key]: r.stat
                 for r in results
-                if r.unchanged
-                and stat[r.key] is not None
-                and stats.get(path_id(r.key)) != stat[r.key]
+                if r.unchanged and r.stat is not None and r.stat != known_stat.get(ids[r.key])
             }
         )
     except RETRYABLE:
@@ -264,7 +261,7 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
         raise
     spent["upsert"] = time.perf_counter() - started - sum(spent.values())
     indexed = [r.path for r in rows]
-    unchanged = [p for p in paths if p in same] + [r.key for r in results if r.unchanged]
+    unchanged = [r.key for r in results if r.unchanged]
     failed = {r.key: str(r.error) for r in results if r.error is not None}
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
     for path, reason in failed.items():
@@ -297,7 +294,7 @@ def search(self: WorkerTask, request: SearchRequest) -> SearchAnswer:
     except (FilterError, TypeError) as exc:
         return SearchAnswer(query=name, error=f"bad filter: {exc}")
     started = time.perf_counter()
-    result = ctx.pipeline([(name, base64.b64decode(request.image_b64), None)])[0]
+    result = ctx.pipeline([Item(name, base64.b64decode(request.image_b64))])[0]
     if result.error is not None:
         return SearchAnswer(query=name, error=result.error)
     embedded = time.perf_counter()
