@@ -172,6 +172,9 @@ def pipeline_alone(paths: list[Path], device: str, chunk: int, processes: int) -
     say(f"4 pipeline, chunks of {chunk}, 4 in flight: {RESULTS['pipeline']:.0f} images/s")
 
 
+_PRODUCER_KEYS = ("queues", "chunk_size", "gpu_chunk_size")
+
+
 def end_to_end(
     cluster: LocalCluster,
     name: str,
@@ -185,11 +188,18 @@ def end_to_end(
     """Figures 5 and 6: ``ris ingest`` through Redis, real workers (``worker``: their
     settings) and Milvus Lite. ``profile``: py-spy samples of the worker process while the job
     runs, where py-spy is at hand."""
+    from ris.common.settings import Settings
     from ris.producer.client import Producer
 
-    # The producer's settings: the queues it may use, the paths it puts in a task.
-    producer_keys = ("queues", "chunk_size", "gpu_chunk_size")
-    settings = cluster.new_collection(**{k: v for k, v in worker.items() if k in producer_keys})
+    # The producer's settings, this step's or the defaults: the queues it may use, the paths
+    # it puts in a task.
+    fields = Settings.model_fields
+    settings = cluster.new_collection(
+        **{
+            k: worker[k] if k in worker else fields[k].get_default(call_default_factory=True)
+            for k in _PRODUCER_KEYS
+        }
+    )
     t0 = time.perf_counter()
     if log:
         with open(log, "a") as fh:
@@ -449,7 +459,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     wlog = args.out / "gpu_worker.log"
     say("images ready")
-    decoders, chunk = (2, 16) if args.dry else (cores, 512)
+    decoders, chunk = (2, 16) if args.dry else (cores, 256)
     # The GPU queue needs RIS_DEVICE=cuda; a dry run uses a queue of another name.
     gpu_queue = "gpu" if device == "cuda" else "bulk"
     gpu_worker: dict[str, Any] = {"device": device, "runtime": "torch", "fp16": True}
@@ -485,14 +495,18 @@ def main() -> int:
             ("gpu_jpeg", lambda: gpu_jpeg_probe(sample[:1024]) if device == "cuda" else None),
             ("pipeline", lambda: pipeline_alone(sample, device, chunk, decoders)),
         ]
-        # Other GPU worker settings, while the budget lasts: more chunks in flight, smaller
-        # chunks, fewer decoding processes (cores left to the worker, Redis and Milvus), a
-        # smaller batch.
+        # Other GPU worker settings, while the budget lasts: fewer decoding processes (cores
+        # left to the worker, Redis and Milvus), more chunks in flight, the former defaults; the
+        # default again, for the spread.
         for name, extra, conc in (
-            ("gpu_worker_16_in_flight", {}, 16),
-            ("gpu_worker_chunks_of_256_16_in_flight", {"gpu_chunk_size": 256}, 16),
+            ("gpu_worker_repeat", {}, None),
             ("gpu_worker_12_decoders", {"decode_processes": max(1, cores - 4)}, None),
-            ("gpu_worker_batch_128", {"batch_size": 128}, None),
+            ("gpu_worker_16_in_flight", {}, 16),
+            (
+                "gpu_worker_batch_256_chunks_of_512",
+                {"batch_size": 256, "gpu_chunk_size": 512},
+                None,
+            ),
         ):
             worker = {**gpu_worker, **extra}
             steps.append(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import mmap
 import multiprocessing
 import os
 import queue
@@ -54,6 +55,7 @@ class _Slots:
         self.shm = SharedMemory(create=True, size=count * self.nbytes)
         atexit.register(self.close)  # a replaced pool's block too: threads may still read it
         self.array = np.ndarray((count, *shape), np.uint8, self.shm.buf)
+        self.array.fill(0)  # its pages allocated now, not by the first chunks' decoding
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(count):
             self._free.put(i)
@@ -125,6 +127,8 @@ def _init_process(parent: int, shm_name: str | None, shape: tuple[int, int, int]
         _process_shm = SharedMemory(name=shm_name)
         count = _process_shm.size // int(np.prod(shape))
         _process_slots = np.ndarray((count, *shape), np.uint8, _process_shm.buf)
+        # Map every page now (one read each), not while the first chunks are decoded.
+        _process_slots.reshape(-1)[:: mmap.PAGESIZE].sum()
 
 
 def _load_into_slots(

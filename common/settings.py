@@ -30,7 +30,7 @@ INDEX_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 # images per task and decoding in processes (threads hold the GIL: 0.44x the processes' rate).
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {"batch_size": 4, "decode_processes": 0, "worker_pool": "prefork"},
-    "cuda": {"batch_size": 256, "decode_processes": os.cpu_count() or 1, "worker_pool": "threads"},
+    "cuda": {"batch_size": 128, "decode_processes": os.cpu_count() or 1, "worker_pool": "threads"},
 }
 
 
@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     # 0 lets onnxruntime pick (all cores); set 1 when running several worker processes.
     inference_threads: int = 0
     # Images per model call, filled across tasks and chunks. Default 4 on CPU (cache-resident
-    # activations: benchmarks/ingest.py), 256 on CUDA (benchmarks/gpu.py).
+    # activations: benchmarks/ingest.py), 128 on CUDA (benchmarks/gpu.py: steadier than 256,
+    # whose windows kept a chunk's images waiting longer for the GPU).
     batch_size: int = Field(4, ge=1)
     # A model call waits this long for more images to fill its batch.
     batch_wait_ms: float = Field(2.0, ge=0)
@@ -142,7 +143,7 @@ class Settings(BaseSettings):
     # Paths per ingest task on cpu queues, and on gpu queues (a GPU worker keeps several
     # large chunks in flight so that its batches stay full).
     chunk_size: int = Field(64, ge=1)
-    gpu_chunk_size: int = Field(512, ge=1)
+    gpu_chunk_size: int = Field(256, ge=1)
     # Decompression-bomb guard: images above this many pixels are refused, not decoded.
     max_image_pixels: int = 100_000_000
     max_file_bytes: int = 200 * 1024 * 1024

@@ -123,7 +123,7 @@ def test_chunk_and_batch_sizes_follow_the_queue_and_device(
 ) -> None:
     monkeypatch.setenv("RIS_DEVICE", "cuda")
     cuda = Settings()
-    assert (cuda.batch_size, cuda.worker_pool) == (256, "threads")
+    assert (cuda.batch_size, cuda.worker_pool) == (128, "threads")
     assert cuda.decode_processes >= 1
     monkeypatch.setenv("RIS_BATCH_SIZE", "64")
     assert Settings().batch_size == 64  # RIS_BATCH_SIZE means what it says
