@@ -495,12 +495,11 @@ def main() -> int:
             ("gpu_jpeg", lambda: gpu_jpeg_probe(sample[:1024]) if device == "cuda" else None),
             ("pipeline", lambda: pipeline_alone(sample, device, chunk, decoders)),
         ]
-        # Other GPU worker settings, while the budget lasts: fewer decoding processes (cores
-        # left to the worker, Redis and Milvus), more chunks in flight, the former defaults; the
-        # default again, for the spread.
+        # Other GPU worker settings, while the budget lasts: the default again (the spread),
+        # decoding on every core, more chunks in flight, the former defaults.
         for name, extra, conc in (
             ("gpu_worker_repeat", {}, None),
-            ("gpu_worker_12_decoders", {"decode_processes": max(1, cores - 4)}, None),
+            ("gpu_worker_decoding_on_every_core", {"decode_processes": cores}, None),
             ("gpu_worker_16_in_flight", {}, 16),
             (
                 "gpu_worker_batch_256_chunks_of_512",
