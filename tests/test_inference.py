@@ -93,6 +93,44 @@ def test_the_model_runs_on_one_thread_whatever_calls_it(items: list[Item], devic
 
 
 @pytest.mark.unit
+def test_the_engine_runs_a_full_batch_before_it_takes_work() -> None:
+    """The model's first full batch runs when the engine starts, on the engine's thread: on an
+    H200 the first chunks of a GPU worker otherwise took 2-3 s longer (allocations, kernels
+    loaded on first use, the pinned buffer)."""
+    engine = InferenceEngine(_torch_cpu(batch_size=8))
+    try:
+        assert engine.embedder.call_threads == {engine._thread.ident}
+        assert engine.batches == 0  # no request was answered yet
+    finally:
+        engine.close()
+
+
+@pytest.mark.unit
+def test_a_file_is_stat_ed_where_it_is_loaded_and_not_read_when_its_stat_matches(
+    tmp_path: Path, photos: Path
+) -> None:
+    """Stat, read and hash happen in the loader (a decoding process on a GPU worker), not on
+    the worker's thread: a file whose stat matches the stored one is not read; a changed stat
+    reads it, and the stat taken before reading comes back for the row."""
+    from ris.common.loading import file_stat, load
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(next(iter(sorted(photos.iterdir()))).read_bytes())
+    settings, size = get_settings(), SPEC.input_size
+    stat = file_stat(str(path), settings)
+    assert stat is not None
+    same = load(Item(str(path), known_sha="f" * 64, known_stat=stat), settings, size)
+    assert (same.unchanged, same.sha256, same.stat, same.pixels) == (True, "", stat, None)
+    moved = (stat[0], stat[1] - 1)
+    read = load(Item(str(path), known_stat=moved), settings, size)
+    assert not read.unchanged and read.stat == stat and read.pixels is not None
+    assert len(read.sha256) == 64
+    # Same content under a new stat: unchanged by its hash, with the stat to remember.
+    again = load(Item(str(path), known_sha=read.sha256, known_stat=moved), settings, size)
+    assert (again.unchanged, again.sha256, again.stat) == (True, read.sha256, stat)
+
+
+@pytest.mark.unit
 def test_batches_fill_across_concurrent_requests() -> None:
     """Two tasks' windows of 4 images each become one model call of RIS_BATCH_SIZE=8."""
     engine = InferenceEngine(_torch_cpu(batch_size=8, batch_wait_ms=500))
