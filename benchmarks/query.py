@@ -61,9 +61,12 @@ def synthetic(real: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     mean = real.mean(axis=0)
     _, sv, vt = np.linalg.svd(real - mean, full_matrices=False)
     scale = sv / np.sqrt(len(real) - 1)
-    z = rng.standard_normal((n, len(sv))).astype(np.float32)
-    vecs = mean + (z * scale) @ vt
-    return (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    out = np.empty((n, real.shape[1]), np.float32)
+    for start in range(0, n, 100_000):  # in blocks: a million at once would need ~15 GB
+        z = rng.standard_normal((min(100_000, n - start), len(sv))).astype(np.float32)
+        vecs = mean + (z * scale) @ vt
+        out[start : start + len(z)] = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    return out
 
 
 def fill(store: Any, real_paths: list[Path], real: np.ndarray, extra: np.ndarray) -> None:
@@ -189,7 +192,7 @@ def compare_back_ends(args: argparse.Namespace) -> int:
     """``--milvus-uri``: the server's indexes and Lite over the same vectors, store level."""
     import tempfile
 
-    from benchmarks.backends import compare, table
+    from benchmarks.backends import RUNS, compare, table
     from ris.common.lite_server import stop_lite_server
     from ris.common.settings import Settings
 
@@ -201,8 +204,16 @@ def compare_back_ends(args: argparse.Namespace) -> int:
     queries = real_embeddings(Settings(), query_files)
     lite_db = Path(tempfile.mkdtemp(prefix="ris-bench-")) / "lite.db"
     try:
+        runs = [tuple(run.split(":")) for run in args.runs.split(",")] if args.runs else RUNS
         results = compare(
-            Settings(), args.milvus_uri, args.milvus_token, lite_db, vectors, queries, args.top_k
+            Settings(),
+            args.milvus_uri,
+            args.milvus_token,
+            lite_db,
+            vectors,
+            queries,
+            args.top_k,
+            runs,
         )
     finally:
         stop_lite_server(lite_db)
@@ -233,6 +244,9 @@ def main() -> int:
     parser.add_argument("--milvus-uri", help="compare this Milvus server with Milvus Lite")
     parser.add_argument("--milvus-token", help="user:password of that server")
     parser.add_argument("--size", type=int, default=100_000, help="vectors, with --milvus-uri")
+    parser.add_argument(
+        "--runs", help="with --milvus-uri: back end:index pairs, e.g. server:HNSW,lite:IVF_FLAT"
+    )
     args = parser.parse_args()
     if args.milvus_uri:
         return compare_back_ends(args)
