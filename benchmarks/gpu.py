@@ -17,6 +17,7 @@ A step that would start less than 30 s before --budget-s runs out is reported as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,7 @@ def end_to_end(
     startup = time.perf_counter() - t0
     producer = Producer(settings)
     producer.store_for(None, create=True)  # the collection exists before the clock starts
-    spy = start_profiler(cluster.workers[0].pid, profile) if profile else None
-    with GpuSampler() as sampler:
+    with profiled(cluster.workers[0].pid, profile), GpuSampler() as sampler:
         started = time.perf_counter()
         job = producer.ingest((str(p) for p in paths), queue=queue)
         enqueued = time.perf_counter() - started
@@ -218,8 +218,6 @@ def end_to_end(
         producer.store.flush()
         rows = producer.store.count()
         elapsed = time.perf_counter() - started
-    if spy:
-        stop_profiler(spy, name)
     peak = max((rss_mib(p)[1] for p in cluster.worker_pids()), default=0.0)
     cluster.stop_workers()
     RESULTS[name] = {
@@ -279,44 +277,36 @@ def _py_spy() -> str | None:
 _SPY_RATE = 100
 
 
-def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling ``pid`` (all threads, idle ones left out) until stopped; None without
-    py-spy."""
-    exe = _py_spy()
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy sampling ``pid`` into ``out`` while the block runs (no profile without ``out``
+    or without py-spy); the seconds sampled go to RESULTS["profile_s"]."""
+    exe = _py_spy() if out else None
     if exe is None:
-        say("py-spy not found: no profile")
-        return None
+        if out:
+            say("py-spy not found: no profile")
+        yield
+        return
     # --gil: only the thread holding the GIL is sampled, so samples / (rate x seconds) is the
     # share of the time the worker's one GIL was busy.
-    cmd = [
-        exe,
-        "record",
-        "-p",
-        str(pid),
-        "-r",
-        str(_SPY_RATE),
-        "--gil",
-        "-f",
-        "raw",
-        "-o",
-        str(out),
-    ]
-    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [exe, "record", "-p", str(pid), "-r", str(_SPY_RATE), "--gil", "-f", "raw"]
+    spy = subprocess.Popen(
+        [*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     time.sleep(1.0)  # attached before the clock starts
-    RESULTS["profile_started"] = time.perf_counter()
-    return spy
-
-
-def stop_profiler(spy: subprocess.Popen[bytes], name: str) -> None:
-    RESULTS["profile_s"] = time.perf_counter() - RESULTS.pop("profile_started")
-    spy.send_signal(signal.SIGINT)  # py-spy writes its samples on Ctrl-C
+    started = time.perf_counter()
     try:
-        _, err = spy.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        return
-    if spy.returncode not in (0, -signal.SIGINT):
-        say(f"py-spy: {err.decode(errors='replace')[-300:]}")
+        yield
+    finally:
+        RESULTS["profile_s"] = time.perf_counter() - started
+        spy.send_signal(signal.SIGINT)  # py-spy writes its samples on Ctrl-C
+        try:
+            _, err = spy.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, err = spy.communicate()
+        if spy.returncode not in (0, -signal.SIGINT):
+            say(f"py-spy: {err.decode(errors='replace')[-300:]}")
 
 
 def profile_summary(raw: Path, top: int = 60) -> list[str]:

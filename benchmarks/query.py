@@ -204,7 +204,6 @@ def compare_back_ends(args: argparse.Namespace) -> int:
     queries = real_embeddings(Settings(), query_files)
     lite_db = Path(tempfile.mkdtemp(prefix="ris-bench-")) / "lite.db"
     try:
-        runs = [tuple(run.split(":")) for run in args.runs.split(",")] if args.runs else RUNS
         results = compare(
             Settings(),
             args.milvus_uri,
@@ -213,7 +212,7 @@ def compare_back_ends(args: argparse.Namespace) -> int:
             vectors,
             queries,
             args.top_k,
-            runs,
+            args.runs or RUNS,
         )
     finally:
         stop_lite_server(lite_db)
@@ -233,6 +232,19 @@ def _query_file(path: Path) -> Path:
     return target
 
 
+def _runs(text: str) -> list[tuple[str, str]]:
+    """``--runs``: ``back end:index`` pairs, comma-separated."""
+    from ris.common.settings import INDEX_DEFAULTS
+
+    runs = [tuple(run.split(":")) for run in text.split(",")]
+    for run in runs:
+        if len(run) != 2 or run[0] not in ("server", "lite") or run[1] not in INDEX_DEFAULTS:
+            raise argparse.ArgumentTypeError(
+                f"{':'.join(run)!r}: want server|lite:{'|'.join(INDEX_DEFAULTS)}"
+            )
+    return runs  # type: ignore[return-value]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
@@ -245,7 +257,9 @@ def main() -> int:
     parser.add_argument("--milvus-token", help="user:password of that server")
     parser.add_argument("--size", type=int, default=100_000, help="vectors, with --milvus-uri")
     parser.add_argument(
-        "--runs", help="with --milvus-uri: back end:index pairs, e.g. server:HNSW,lite:IVF_FLAT"
+        "--runs",
+        type=_runs,
+        help="with --milvus-uri: back end:index pairs, e.g. server:HNSW,lite:IVF_FLAT",
     )
     args = parser.parse_args()
     if args.milvus_uri:

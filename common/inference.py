@@ -74,14 +74,11 @@ class InferenceEngine:
     def _serve(self, settings: Settings, loaded: Future[Embedder]) -> None:
         try:
             embedder = Embedder(settings)
-        except BaseException as exc:
-            loaded.set_exception(exc)
-            return
-        # A first call at full batch pays, before any task waits on it, for what the first
-        # real batch would: on CUDA the caching allocator's blocks, kernels loaded on first use
-        # and the pinned host buffer (the first chunks of a GPU worker took 2-3 s longer).
-        size = embedder.spec.input_size
-        try:
+            # A first call at full batch pays, before any task waits on it, for what the first
+            # real batch would: on CUDA the caching allocator's blocks, kernels loaded on first
+            # use and the pinned host buffer (the first chunks of a GPU worker took 2-3 s
+            # longer).
+            size = embedder.spec.input_size
             embedder.embed(np.zeros((self.batch_size, size, size, 3), np.uint8))
         except BaseException as exc:
             loaded.set_exception(exc)
