@@ -13,6 +13,8 @@ exact (FLAT) search over the same vectors. The same queries are then sent to ``r
 
 With ``--milvus-uri`` it compares back ends instead (benchmarks/backends.py): the same
 ``--size`` vectors in FLAT, IVF_FLAT and HNSW on that Milvus server and IVF_FLAT on Milvus Lite.
+``python -m tests.milvus_server DIR`` runs such a server here (the compose file's tuning) and
+prints the two options.
 """
 
 from __future__ import annotations

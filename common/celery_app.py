@@ -45,7 +45,7 @@ def make_app(settings: Settings) -> Celery:
         task_queues=[Queue(q) for q in settings.queues],
         task_default_queue=settings.queues[0],
         # A task is acknowledged after it ran, and requeued if its worker died, so a crash
-        # loses no chunk; writes are idempotent upserts, so a redelivery duplicates nothing.
+        # loses no chunk; a redelivered chunk writes by upsert, so it duplicates nothing.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -1,4 +1,4 @@
-"""Upserts packed column by column, for speed.
+"""Inserts and upserts packed column by column, for speed.
 
 pymilvus builds a write row by row in Python and copies each float of each vector into the
 request on its own (1,280 Python floats per image); that packing, not the server, bounded
@@ -48,14 +48,17 @@ def _float_vector_message(vectors: np.ndarray) -> bytes:
     return b"\x0a" + _varint(len(raw)) + raw
 
 
-def upsert_request(
-    collection: str, fields: Sequence[dict[str, Any]], rows: Sequence[ImageRow], stamp: int = 0
-) -> milvus_pb2.UpsertRequest:
-    """The upsert of ``rows`` into ``collection`` whose schema has ``fields`` (pymilvus's
-    field descriptions: name, type)."""
-    request = milvus_pb2.UpsertRequest(
-        collection_name=collection, num_rows=len(rows), schema_timestamp=stamp
-    )
+def write_request(
+    collection: str,
+    fields: Sequence[dict[str, Any]],
+    rows: Sequence[ImageRow],
+    stamp: int = 0,
+    insert: bool = False,
+) -> milvus_pb2.UpsertRequest | milvus_pb2.InsertRequest:
+    """The upsert (or insert) of ``rows`` into ``collection`` whose schema has ``fields``
+    (pymilvus's field descriptions: name, type). Both requests have the same fields."""
+    kind = milvus_pb2.InsertRequest if insert else milvus_pb2.UpsertRequest
+    request = kind(collection_name=collection, num_rows=len(rows), schema_timestamp=stamp)
     for field in fields:
         name, kind = field["name"], field["type"]
         data = request.fields_data.add(field_name=name, type=kind)
@@ -72,14 +75,18 @@ def upsert_request(
     return request
 
 
-def upsert_rows(client: Any, collection: str, rows: Sequence[ImageRow], timeout: float) -> int:
-    """Upsert ``rows`` through ``client`` (a pymilvus MilvusClient); returns the rows written."""
+def write_rows(
+    client: Any, collection: str, rows: Sequence[ImageRow], timeout: float, insert: bool = False
+) -> int:
+    """Upsert (or insert) ``rows`` through ``client`` (a pymilvus MilvusClient); returns the
+    rows written."""
     handler = client._get_connection()
 
     def send() -> Any:
         schema, stamp = handler._get_schema_from_cache_or_remote(collection, timeout=timeout)
-        request = upsert_request(collection, schema["fields"], rows, stamp)
-        return handler._stub.Upsert(request, timeout=timeout)
+        request = write_request(collection, schema["fields"], rows, stamp, insert)
+        stub = handler._stub.Insert if insert else handler._stub.Upsert
+        return stub(request, timeout=timeout)
 
     response = send()
     if response.status.error_code == common_pb2.SchemaMismatch:
@@ -89,4 +96,4 @@ def upsert_rows(client: Any, collection: str, rows: Sequence[ImageRow], timeout:
     check_status(response.status)
     # Session reads of this client see the write (pymilvus keeps this timestamp).
     ts_utils.update_collection_ts(collection, response.timestamp)
-    return int(response.upsert_cnt)
+    return int(response.insert_cnt if insert else response.upsert_cnt)

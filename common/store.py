@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from ris.common.contracts import ImageRow
-from ris.common.milvus_write import upsert_rows
+from ris.common.milvus_write import write_rows
 from ris.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -261,17 +261,29 @@ class ImageStore:
             )
 
     # --- writes ----------------------------------------------------------------------------
-    def upsert(self, rows: Sequence[ImageRow]) -> None:
-        """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery."""
+    def upsert(self, rows: Sequence[ImageRow], new_ids: Collection[int] = ()) -> None:
+        """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery.
+
+        Rows in ``new_ids`` (looked up as absent just before, by the only writer of them) go
+        in by plain insert: an upsert is a delete plus an insert, and a Milvus server counts
+        each such delete against the row's own segment, then rewrites and re-indexes every
+        segment whose rows were all upserted (a second index build of everything ingested).
+        """
         # The fields written are the collection's own: one created before the stat fields
-        # takes the rows without them.
+        # takes the rows without them. An id twice in one write would be stored twice (by
+        # insert, and by Milvus's upsert too): the last one is written.
+        rows = list({r.id: r for r in rows}.values())
         for start in range(0, len(rows), _UPSERT_BATCH):
             part = rows[start : start + _UPSERT_BATCH]
             # Bounded by the rows written, not 10x the call timeout: a worker cut off by a
             # partition mid-upsert is back within seconds of the heal, not minutes
             # (tests/test_multihost.py); 2,000 rows took 26-29 s on a loaded 2-core machine.
             timeout = self.settings.milvus_timeout_s * (1 + len(part) / 100)
-            self.client.upsert_rows(self.name, part, timeout)
+            fresh = [r for r in part if r.id in new_ids]
+            rest = [r for r in part if r.id not in new_ids]
+            for group, insert in ((fresh, True), (rest, False)):
+                if group:
+                    self.client.write_rows(self.name, group, timeout, insert)
 
     def refresh_stats(self, stats: dict[int, tuple[int, int]]) -> None:
         """Store a new ``(size, mtime_ns)`` for rows whose content is unchanged (a file
@@ -554,9 +566,16 @@ class BoundedClient:
 
         return call
 
-    def upsert_rows(self, collection: str, rows: Sequence[ImageRow], timeout: float) -> int:
-        """Upsert ``rows`` packed column by column (:mod:`ris.common.milvus_write`)."""
-        return self._call("upsert", lambda client: upsert_rows(client, collection, rows, timeout))
+    def write_rows(
+        self, collection: str, rows: Sequence[ImageRow], timeout: float, insert: bool = False
+    ) -> int:
+        """Upsert (or insert) ``rows`` packed column by column (:mod:`ris.common.milvus_write`).
+        A second attempt always upserts: the first may have been applied before it failed."""
+        attempts = iter((insert, False))
+        return self._call(
+            "insert" if insert else "upsert",
+            lambda client: write_rows(client, collection, rows, timeout, next(attempts)),
+        )
 
     def close(self) -> None:
         self._client.close()

@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port
 
 DEFAULT_ROOT_PASSWORD = "Milvus"
 # Keys of milvus.yaml for every port the server listens on. They are passed with
@@ -36,6 +37,16 @@ PORT_KEYS = (
 START_TIMEOUT_S = 180.0
 # Milvus 2.3 often outlasts a SIGTERM; the tests need no graceful flush of temporary data.
 STOP_TIMEOUT_S = 5.0
+
+
+def deployed_tuning() -> dict[str, str]:
+    """The ``dataCoord`` settings the compose file gives its Milvus (environment variables,
+    which Milvus reads over milvus.yaml), so tests and benchmarks run the deployed tuning."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["milvus"]["environment"]
+    return {k: str(v) for k, v in env.items() if k.startswith("DATACOORD_")}
 
 
 class MilvusServerUnavailable(RuntimeError):
@@ -71,8 +82,15 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 class MilvusServer:
     """One Milvus standalone server; it can be stopped, killed and started again on its data."""
 
-    def __init__(self, root: Path, password: str = "ris-test-Pa55word") -> None:
+    def __init__(
+        self,
+        root: Path,
+        password: str = "ris-test-Pa55word",
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        """``config``: more milvus.yaml keys (dotted) and values, e.g. the segment size."""
         self.root = root
+        self.config = dict(config or {})
         self.data_dir = root / "data"
         self.password = password
         self.ports = {key: free_port() for key in PORT_KEYS}
@@ -89,6 +107,15 @@ class MilvusServer:
     def token(self) -> str:
         return f"root:{self.password}"
 
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics of the running server (the wrapper picks the port and hands it
+        to the server in its environment)."""
+        assert self.server_pid is not None, "server not running"
+        environ = Path(f"/proc/{self.server_pid}/environ").read_bytes().split(b"\0")
+        port = next(v.split(b"=", 1)[1] for v in environ if v.startswith(b"METRICS_PORT="))
+        return f"http://127.0.0.1:{port.decode()}/metrics"
+
     def env(self) -> dict[str, str]:
         """RIS_* variables pointing a ris process at this server."""
         return {"RIS_MILVUS_URI": self.uri, "RIS_MILVUS_TOKEN": self.token}
@@ -104,12 +131,17 @@ class MilvusServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         extra = [f"{key}={port}" for key, port in self.ports.items()]
         extra.append(f"etcd.endpoints=localhost:{self.etcd_port}")
+        extra += [f"{key}={value}" for key, value in self.config.items()]
         cmd = [exe, "--data", str(self.data_dir), "--authorization-enabled", "true"]
         for item in extra:
             cmd += ["--extra-config", item]
         with open(self._log, "ab") as log:
             self.wrapper = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **deployed_tuning()},
             )
         try:
             self._wait_ready(timeout)
@@ -186,3 +218,29 @@ class MilvusServer:
                 self.wrapper.kill()
                 self.wrapper.wait(STOP_TIMEOUT_S)
         self.wrapper = None
+
+
+def main() -> int:
+    """Run one server in the foreground for benchmarks until interrupted:
+    ``python -m tests.milvus_server DIR [KEY=VALUE ...]`` (KEY: a dotted milvus.yaml key)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("config", nargs="*", help="milvus.yaml KEY=VALUE")
+    args = parser.parse_args()
+    server = MilvusServer(args.root, config=dict(item.split("=", 1) for item in args.config))
+    server.start()
+    print(f"--milvus-uri {server.uri} --milvus-token {server.token} (pid {server.server_pid})")
+    print("Ctrl-C stops it", flush=True)
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        signal.sigwait(stops)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

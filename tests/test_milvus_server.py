@@ -116,3 +116,50 @@ def test_server_index_recall_at_10_against_exact_search(
     finally:
         store.drop()
         store.close()
+
+
+def test_the_server_keeps_the_deployed_segment_size(milvus_server: MilvusServer) -> None:
+    """The compose file's segment tuning reaches the server: 30,000 1,280-d rows (150 MB) are
+    one segment once flushed, where Milvus's defaults seal one at 512 MB x 0.23 (118 MB).
+    Fewer, larger segments are what makes a search at a million rows fast (README)."""
+    from pymilvus import utility
+
+    rows = 30_000
+    settings = Settings(
+        milvus_uri=milvus_server.uri,
+        milvus_token=milvus_server.token,
+        collection=f"segments_{uuid.uuid4().hex[:6]}",
+        index_type="FLAT",
+    )
+    vectors = _clustered_unit_vectors(np.random.default_rng(3), 1000, clusters=10)
+    store = ImageStore(settings, "synthetic", DIM)
+    try:
+        for start in range(0, rows, 1000):
+            batch = range(start, start + 1000)
+            store.upsert(
+                [
+                    ImageRow(
+                        id=i,
+                        vector=vectors[i % 1000],
+                        path=f"/v/{i}",
+                        sha256="0" * 64,
+                        width=1,
+                        height=1,
+                        ingested_at=0,
+                    )
+                    for i in batch
+                ],
+                new_ids=set(batch),
+            )
+        store.flush()
+        deadline = time.monotonic() + 120  # until the query node serves them all sealed
+        while True:
+            info = utility.get_query_segment_info(store.name, using=store.client._using)
+            sealed = [s.num_rows for s in info if s.state == 3]  # SegmentState.Sealed
+            if sum(sealed) >= rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert sealed == [rows]
+    finally:
+        store.drop()
+        store.close()

@@ -246,8 +246,13 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
         for r in results
         if r.vector is not None
     ]
+    # Rows looked up as absent are inserted, not upserted (ImageStore.upsert says why). A chunk
+    # tried before may have written some of them unseen by its look-up (a write still in
+    # flight when it failed or its worker died): it upserts everything.
+    retried = self.request.retries or (self.request.delivery_info or {}).get("redelivered")
+    new_ids = set() if retried else {ids[r.key] for r in results if ids[r.key] not in stored}
     try:
-        store.upsert(rows)
+        store.upsert(rows, new_ids)
         # Same content under a new stat (touched, copied back): remember the new stat.
         store.refresh_stats(
             {
