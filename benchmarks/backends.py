@@ -80,7 +80,7 @@ def _wait_indexed(store: Any, rows: int, timeout: float = 3600) -> None:
         sealed = _sealed(store) or []
         if (
             int(desc["indexed_rows"]) >= rows
-            and sum(n for n, indexed in sealed if indexed) >= rows
+            and sum(n for n, _ in sealed) >= rows
             and all(indexed for _, indexed in sealed)
         ):
             return
