@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import rss_mib
+from tests.milvus_server import sealed_segments
 
 BATCH = 1000
 # (label, back end, index type); the index parameters are the defaults of common/settings.py.
@@ -77,7 +78,7 @@ def _wait_indexed(store: Any, rows: int, timeout: float = 3600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         desc = store.client.describe_index(store.name, "vector") or {}
-        sealed = _sealed(store) or []
+        sealed = sealed_segments(store) or []
         if (
             int(desc["indexed_rows"]) >= rows
             and sum(n for n, _ in sealed) >= rows
@@ -99,18 +100,6 @@ def _recall(store: Any, exact: np.ndarray, queries: np.ndarray, top_k: int) -> f
             ]
         )
     )
-
-
-def _sealed(store: Any) -> list[tuple[int, bool]] | None:
-    """Rows of each sealed segment the query node searches (a search visits each), and
-    whether its index is loaded; None where the back end does not say (Lite)."""
-    from pymilvus import utility
-
-    try:
-        info = utility.get_query_segment_info(store.name, using=store.client._using)
-    except Exception:
-        return None
-    return [(seg.num_rows, seg.indexID != 0) for seg in info if seg.state == 3]  # Sealed
 
 
 def _latencies(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> list[float]:
@@ -191,7 +180,7 @@ def run_one(
             sweep.append((f"{key} {value}", p50, _recall(cheaper, exact, queries, top_k)))
             cheaper.close()
         rss = rss_mib(pid)[0] if pid else None
-        sealed = _sealed(store)
+        sealed = sealed_segments(store)
         return Result(
             back_end,
             settings.index_type,

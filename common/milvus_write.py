@@ -57,8 +57,8 @@ def write_request(
 ) -> milvus_pb2.UpsertRequest | milvus_pb2.InsertRequest:
     """The upsert (or insert) of ``rows`` into ``collection`` whose schema has ``fields``
     (pymilvus's field descriptions: name, type). Both requests have the same fields."""
-    kind = milvus_pb2.InsertRequest if insert else milvus_pb2.UpsertRequest
-    request = kind(collection_name=collection, num_rows=len(rows), schema_timestamp=stamp)
+    message = milvus_pb2.InsertRequest if insert else milvus_pb2.UpsertRequest
+    request = message(collection_name=collection, num_rows=len(rows), schema_timestamp=stamp)
     for field in fields:
         name, kind = field["name"], field["type"]
         data = request.fields_data.add(field_name=name, type=kind)

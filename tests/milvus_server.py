@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tests.helpers import ROOT, free_port
 
@@ -47,6 +48,18 @@ def deployed_tuning() -> dict[str, str]:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     env = compose["services"]["milvus"]["environment"]
     return {k: str(v) for k, v in env.items() if k.startswith("DATACOORD_")}
+
+
+def sealed_segments(store: Any) -> list[tuple[int, bool]] | None:
+    """Rows of each sealed segment the server's query node searches (a search visits each),
+    and whether its index is loaded; None where the back end does not say (Milvus Lite)."""
+    from pymilvus import utility
+
+    try:
+        info = utility.get_query_segment_info(store.name, using=store.client._using)
+    except Exception:
+        return None
+    return [(seg.num_rows, seg.indexID != 0) for seg in info if seg.state == 3]  # Sealed
 
 
 class MilvusServerUnavailable(RuntimeError):

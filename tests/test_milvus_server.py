@@ -12,7 +12,7 @@ from ris.common.contracts import ImageRow
 from ris.common.settings import Settings
 from ris.common.store import ImageStore
 from tests.helpers import run_cli
-from tests.milvus_server import MilvusServer
+from tests.milvus_server import MilvusServer, sealed_segments
 
 DIM = 1280
 ROWS = 6000
@@ -122,8 +122,6 @@ def test_the_server_keeps_the_deployed_segment_size(milvus_server: MilvusServer)
     """The compose file's segment tuning reaches the server: 30,000 1,280-d rows (150 MB) are
     one segment once flushed, where Milvus's defaults seal one at 512 MB x 0.23 (118 MB).
     Fewer, larger segments are what makes a search at a million rows fast (README)."""
-    from pymilvus import utility
-
     rows = 30_000
     settings = Settings(
         milvus_uri=milvus_server.uri,
@@ -154,8 +152,7 @@ def test_the_server_keeps_the_deployed_segment_size(milvus_server: MilvusServer)
         store.flush()
         deadline = time.monotonic() + 120  # until the query node serves them all sealed
         while True:
-            info = utility.get_query_segment_info(store.name, using=store.client._using)
-            sealed = [s.num_rows for s in info if s.state == 3]  # SegmentState.Sealed
+            sealed = [n for n, _ in sealed_segments(store) or []]
             if sum(sealed) >= rows or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
