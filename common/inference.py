@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ class InferenceEngine:
     def __init__(self, settings: Settings) -> None:
         self.batch_size = settings.batch_size
         self.wait_s = settings.batch_wait_ms / 1000
+        # A model call that outlasts a whole task is hung (a wedged device): its callers give
+        # up rather than wait forever, as Celery's threads pool enforces no time limit.
+        self.answer_within_s = settings.task_soft_time_limit_s
         self.batches = 0  # model calls so far
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._carry: _Request | None = None
@@ -64,7 +68,13 @@ class InferenceEngine:
             raise RuntimeError("the inference thread has stopped")
         request = _Request(images)
         self._queue.put(request)
-        return request.done.result()
+        try:
+            return request.done.result(timeout=self.answer_within_s)
+        except futures.TimeoutError:  # not the builtin one before Python 3.11
+            raise TimeoutError(
+                f"the model gave no answer in {self.answer_within_s:g} s "
+                "(RIS_TASK_SOFT_TIME_LIMIT_S): its thread is stuck"
+            ) from None
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the engine's thread once the requests already queued are answered."""

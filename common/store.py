@@ -264,11 +264,11 @@ class ImageStore:
     def upsert(self, rows: Sequence[ImageRow], new_ids: Collection[int] = ()) -> None:
         """Insert or replace rows (``id`` from :func:`path_id`); idempotent under redelivery.
 
-        Rows in ``new_ids`` (looked up as absent just before; a concurrent writer of the same
-        new id would store it twice) go in by plain insert: an upsert is a delete plus an
-        insert, and a Milvus server counts each such delete against the row's own segment,
-        then rewrites and re-indexes every segment whose rows were all upserted (a second
-        index build of everything ingested).
+        Rows in ``new_ids`` (looked up as absent just before, under a claim that keeps any
+        other writer off them: :mod:`ris.common.claims`; else they would be stored twice) go
+        in by plain insert: an upsert is a delete plus an insert, and a Milvus server counts
+        each such delete against the row's own segment, then rewrites and re-indexes every
+        segment whose rows were all upserted (a second index build of everything ingested).
         """
         # The fields written are the collection's own: one created before the stat fields
         # takes the rows without them. An id twice in one write would be stored twice (by

@@ -14,7 +14,7 @@ from PIL import Image
 from ris.common.store import path_id
 from ris.producer.grid import _CAPTION, _PAD, _TILE
 from tests.conftest import Backend
-from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli
+from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli, start_worker, stop_worker
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -31,6 +31,46 @@ def _altered_copies(photos: Path, dest: Path) -> dict[Path, Path]:
             small.save(out, "JPEG", quality=75)
         copies[src] = out
     return copies
+
+
+def test_one_folder_ingested_twice_at_once_stores_each_image_once(
+    photos: Path, tmp_path: Path, backend: Backend
+) -> None:
+    """Two jobs over the same new files at the same time, on two workers: both chunks look
+    the paths up as absent; only the chunk holding their claims may insert them (the other
+    upserts after it), so each image is stored once and both jobs report it indexed."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    for copy in range(3):  # one chunk a job, long enough to embed that both look up first
+        for src in sorted(photos.iterdir()):
+            shutil.copyfile(src, folder / f"{copy}_{src.name}")
+    n = len(list(folder.iterdir()))
+    collection = f"twice_{uuid.uuid4().hex[:6]}"
+
+    def ingest(source: str) -> str:
+        args = ("--collection", collection, "--quiet", "--timeout", "600")
+        return run_cli("ingest", source, *args, env=backend.env).stdout
+
+    second = start_worker("cpu", "cpu-second@%h", env=backend.env or None)
+    try:
+        # The folder and a glob of it: the same paths in two jobs (one input would resume
+        # the first job instead of starting another).
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(ingest, [str(folder), str(folder / "*")]))
+    finally:
+        stop_worker(second)
+    for out in outs:  # a job whose look-up came after the other's write finds them unchanged
+        indexed, unchanged, failed = map(
+            int, re.findall(r"(\d+) indexed, (\d+) unchanged, (\d+) failed", out)[-1]
+        )
+        assert indexed + unchanged == n and failed == 0, out
+    store = backend.producer.store_for(collection)
+    assert len(store.resolve([path_id(str(p)) for p in folder.iterdir()])) == n
+    assert store.count() == n
+    store.drop()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -102,6 +103,29 @@ def test_the_engine_runs_a_full_batch_before_it_takes_work() -> None:
         assert engine.embedder.call_threads == {engine._thread.ident}
         assert engine.batches == 0  # no request was answered yet
     finally:
+        engine.close()
+
+
+@pytest.mark.unit
+def test_a_stuck_model_call_is_a_timeout_not_a_hang() -> None:
+    """A model call that never returns (a wedged device) fails its caller after the task's
+    soft time limit, which Celery's threads pool (a GPU worker's) does not enforce."""
+    engine = InferenceEngine(_torch_cpu(batch_size=2, task_soft_time_limit_s=1.0))
+    release = threading.Event()
+    model_call = engine.embedder.embed
+
+    def stuck(images: np.ndarray) -> np.ndarray:
+        release.wait(60)
+        return model_call(images)
+
+    engine.embedder.embed = stuck  # type: ignore[method-assign]
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="model gave no answer in 1 s"):
+            engine.embed(np.zeros((1, SPEC.input_size, SPEC.input_size, 3), np.uint8))
+        assert time.monotonic() - started < 10
+    finally:
+        release.set()
         engine.close()
 
 

@@ -12,6 +12,7 @@ import base64
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from pymilvus.exceptions import MilvusException
 
 from ris.common.chunks import chunk_done, record_chunk_done
+from ris.common.claims import Claim, RowClaims, claim_scope
 from ris.common.contracts import (
     DUPLICATES_TASK,
     INGEST_TASK,
@@ -43,7 +45,7 @@ from ris.common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
 from ris.common.loading import Item
 from ris.common.pipeline import EmbeddingPipeline
 from ris.common.settings import Settings
-from ris.common.store import StoreCache, foreign_store, path_id
+from ris.common.store import StoreCache, foreign_store, path_id, store_identity
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class WorkerContext:
     settings: Settings
     pipeline: EmbeddingPipeline
     tracker: JobTracker
+    claims: RowClaims
     stores: StoreCache
 
 
@@ -76,10 +79,13 @@ class Runtime:
         with self._lock:
             if self._context is None:
                 settings = self.settings
+                client = redis_client(settings)
                 self._context = WorkerContext(
                     settings,
                     EmbeddingPipeline(settings),
-                    JobTracker(redis_client(settings), settings.result_ttl_s),
+                    JobTracker(client, settings.result_ttl_s),
+                    # A claim outlives any task that could hold it (the hard time limit).
+                    RowClaims(client, int(settings.task_time_limit_s) + 60),
                     StoreCache(settings),
                 )
             return self._context
@@ -206,10 +212,26 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
     ctx = self.runtime.context()
     if refused := foreign_store(chunk.milvus, ctx.settings):
         return _refuse_chunk(ctx, chunk, refused)
+    ids = {p: path_id(p) for p in chunk.paths}
+    # Claimed before the look-up: only a row claimed from before it found the id absent may
+    # be inserted (ris.common.claims says why).
+    scope = claim_scope(store_identity(ctx.settings), chunk.collection or ctx.settings.collection)
+    owner = self.request.id or uuid.uuid4().hex
+    with ctx.claims.holding(scope, ids.values(), owner) as held:
+        return _ingest(self, ctx, chunk, ids, held)
+
+
+def _ingest(
+    self: IngestTask,
+    ctx: WorkerContext,
+    chunk: IngestChunk,
+    ids: dict[str, int],
+    held: Claim,
+) -> ChunkOutcome:
+    """:func:`ingest_chunk` under the chunk's claims (``held``: those it could take)."""
     job_id, paths = chunk.job_id, chunk.paths
     started = time.perf_counter()
     spent: dict[str, float] = {}  # seconds per stage, for the log
-    ids = {p: path_id(p) for p in paths}
     try:
         store = ctx.stores.get(chunk.collection)
         stored = store.known_stats(list(ids.values()))
@@ -251,8 +273,10 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
     # flight when it failed or its worker died): it upserts everything.
     retried = self.request.retries or (self.request.delivery_info or {}).get("redelivered")
     new_ids = set() if retried else {ids[r.key] for r in results if ids[r.key] not in stored}
+    mine = [r for r in rows if r.id in held]
+    theirs = [r for r in rows if r.id not in held]  # another chunk is writing them
     try:
-        store.upsert(rows, new_ids)
+        store.upsert(mine, new_ids & held.ids)
         # Same content under a new stat (touched, copied back): remember the new stat.
         store.refresh_stats(
             {
@@ -261,6 +285,10 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
                 if r.unchanged and r.stat is not None and r.stat != known_stat.get(ids[r.key])
             }
         )
+        if theirs:
+            # Upserted once their holders wrote, under claims of this chunk's own.
+            held.take_rest({r.id for r in theirs})
+            store.upsert(theirs)
     except RETRYABLE:
         ctx.stores.forget()
         raise
