@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures import TimeoutError as futures_TimeoutError  # not builtin before 3.11
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing.shared_memory import SharedMemory
@@ -159,11 +160,15 @@ def _get_pool(processes: int, size: int) -> _Pool:
         return _pool
 
 
-def _discard(pool: _Pool) -> None:
+def _discard(pool: _Pool, kill: bool = False) -> None:
+    """Stop using ``pool`` (the next call starts another); ``kill``: its processes too."""
     global _pool
     with _pool_lock:
         if _pool is pool:
             _pool = None
+    if kill:
+        for process in list(pool.executor._processes.values()):
+            process.kill()
     pool.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -181,7 +186,17 @@ def _run(
             futures.append(
                 pool.executor.submit(_load_into_slots, list(part), taken[-1], settings, size)
             )
-        loaded = [x for f in futures for x in f.result()]
+        # Bounded: Celery's threads pool (a GPU worker's) enforces no time limit, and a
+        # process stuck on a file (a hung network mount) would hold the task forever.
+        deadline = time.monotonic() + settings.task_soft_time_limit_s
+        try:
+            loaded = [x for f in futures for x in f.result(max(0.0, deadline - time.monotonic()))]
+        except futures_TimeoutError:
+            _discard(pool, kill=True)
+            raise TimeoutError(
+                f"the decoding processes gave no answer in {settings.task_soft_time_limit_s:g} s "
+                "(RIS_TASK_SOFT_TIME_LIMIT_S): replaced"
+            ) from None
         if slots is None:
             return loaded
         return [

@@ -290,3 +290,29 @@ def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     again = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
     assert [x.error for x in again] == [None] * len(paths)
     assert [x.sha256 for x in again] == [x.sha256 for x in here]
+
+
+def test_stuck_decoding_processes_are_a_timeout_and_replaced(items: list[Item]) -> None:
+    """Decoding processes that never answer (SIGSTOPped here; a hung network mount in life)
+    fail the call after the task's soft time limit instead of holding a threads-pool task
+    forever; they are killed, and the next call gets new ones."""
+    import os
+    import signal
+
+    from ris.common import decode_pool
+
+    settings = get_settings().model_copy(update={"task_soft_time_limit_s": 2.0})
+    paths = [Item(item.key) for item in items]
+    decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)  # the pool is up
+    pool = decode_pool._pool
+    assert pool is not None
+    stopped = list(pool.executor._processes)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="decoding processes gave no answer in 2 s"):
+        decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
+    assert time.monotonic() - started < 15
+    again = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
+    assert [x.error for x in again] == [None] * len(paths)
+    assert not set(stopped) & set(decode_pool._pool.executor._processes)  # type: ignore[union-attr]
