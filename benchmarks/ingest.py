@@ -225,7 +225,7 @@ def main() -> int:
     print(
         f"scaling: one Milvus Lite server takes {upsert_rate:.0f} rows/s in "
         f"{settings.chunk_size}-row upserts, {machines:.0f}x what this machine's workers "
-        f"produce; Redis carries about 10 small commands per {settings.chunk_size}-image chunk. "
+        f"produce; Redis carries about 12 small commands per {settings.chunk_size}-image chunk. "
         f"More machines scale the model linearly up to about {machines:.0f} machines like this "
         "one; then the single Milvus writer is the bottleneck (use Milvus standalone/cluster)."
     )
