@@ -166,8 +166,8 @@ def _discard(pool: _Pool, kill: bool = False) -> None:
     with _pool_lock:
         if _pool is pool:
             _pool = None
-    if kill:
-        for process in list(pool.executor._processes.values()):
+    if kill:  # (no processes left once another task's call shut the pool down)
+        for process in list((pool.executor._processes or {}).values()):
             process.kill()
     pool.executor.shutdown(wait=False, cancel_futures=True)
 
