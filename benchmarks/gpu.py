@@ -2,7 +2,7 @@
 every core of the same machine, all measured in this run.
 
     python benchmarks/gpu.py [--images 16000] [--budget-s 420] [--out DIR]
-    python benchmarks/gpu.py --dry      # the same code on the CPU, few images (no GPU needed)
+    python benchmarks/gpu.py --dry [--images N]  # the same code on the CPU (no GPU needed)
 
 1 model ceiling: the model alone, fp16, tensors already on the GPU, batch 256.
 2 Embedder ceiling: uint8 images in host memory -> pinned -> GPU -> unit vectors, one thread.
@@ -428,7 +428,7 @@ def report(args: argparse.Namespace, cores: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=16000)
+    parser.add_argument("--images", type=int, help="default 16000, or 96 with --dry")
     parser.add_argument("--budget-s", type=float, default=420)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "ris_data")))
     parser.add_argument("--dry", action="store_true", help="on the CPU, few images")
@@ -437,7 +437,7 @@ def main() -> int:
     deadline = time.monotonic() + args.budget_s
     cores = os.cpu_count() or 1
     device = "cpu" if args.dry else "cuda"
-    n = min(args.images, 96) if args.dry else args.images
+    n = args.images or (96 if args.dry else 16000)
     RESULTS["machine"] = machine()
     if device == "cuda":
         import torch
