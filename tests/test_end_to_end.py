@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +41,6 @@ def test_one_folder_ingested_twice_at_once_stores_each_image_once(
     """Two jobs over the same new files at the same time, on two workers: both chunks look
     the paths up as absent; only the chunk holding their claims may insert them (the other
     upserts after it), so each image is stored once and both jobs report it indexed."""
-    import uuid
-    from concurrent.futures import ThreadPoolExecutor
-
     folder = tmp_path / "twice"
     folder.mkdir()
     for copy in range(3):  # one chunk a job, long enough to embed that both look up first
@@ -112,7 +111,6 @@ def test_new_images_reach_the_server_without_deletes(
     new row's own segment, then rewrites and re-indexes every such segment (a second index
     build of everything ingested). Read from the server's own metrics."""
     import time
-    import uuid
 
     import requests
 
@@ -356,10 +354,7 @@ def test_info_shows_the_index_milvus_built_and_the_workers() -> None:
 def test_rows_read_back_as_written(backend: Backend) -> None:
     """The packed writes (ris.common.milvus_write) store every field of every row exactly; new
     ids go in by insert, and a write of stored ids replaces them, on Lite and on a server."""
-    import uuid
     from dataclasses import replace
-
-    import numpy as np
 
     from ris.common.contracts import ImageRow
 

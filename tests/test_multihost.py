@@ -330,7 +330,7 @@ def test_busy_worker_partitioned_then_healed(cluster: Cluster, images: Callable)
         # (RIS_MILVUS_TIMEOUT_S x (1 + rows / 100), common/store.py) and then a reconnect
         # before it is retried; pymilvus fixes its gRPC channel options, so the dead
         # connection is not noticed sooner. Recorded, not hidden: a worker late for any other
-        # reason still fails. (Not seen in the last two CI runs, since writes have deadlines.)
+        # reason still fails.
         pytest.xfail(f"worker 1 back {back:.1f} s after the heal: it waited out a Milvus call")
     assert back <= HEALED_TAKES_WORK_S
 
