@@ -42,10 +42,12 @@ class StoreTarget(Contract):
 
 
 class IngestChunk(StoreTarget):
-    """``ris.ingest_chunk``: read, embed and upsert ``paths`` for job ``job_id``."""
+    """``ris.ingest_chunk``: read, embed and upsert ``paths`` for job ``job_id``, as its chunk
+    ``number`` (its entry in the job's ledger, :mod:`ris.common.chunks`; None: no entry)."""
 
     job_id: str
     paths: list[str]
+    number: int | None = None
 
     @field_validator("paths", mode="after")
     @classmethod

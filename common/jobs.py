@@ -17,6 +17,15 @@ from redis.retry import Retry
 from ris.common.settings import Settings
 
 _PREFIX = "ris:job:"
+# The jobs not yet seen finished, for the cluster's recovery (ris.workers.recovery).
+RUNNING_KEY = "ris:jobs:running"
+
+
+def job_key(job_id: str, part: str = "") -> str:
+    """The Redis key of ``job_id`` (its hash), or of one of its parts (``indexed``,
+    ``chunks``...): every key of a job is named here."""
+    return f"{_PREFIX}{job_id}:{part}" if part else f"{_PREFIX}{job_id}"
+
 
 # A broken or dead connection to Redis: worth retrying wherever it happens (redis-py raises
 # its own ConnectionError, not the builtin one).
@@ -98,6 +107,7 @@ class JobProgress:
     failed: int
     queue: str
     created_at: float
+    resent: int = 0  # paths of lost chunks that the cluster sent again
 
     @property
     def processed(self) -> int:
@@ -122,8 +132,12 @@ class JobTracker:
 
     @staticmethod
     def _keys(job_id: str) -> tuple[str, str, str, str]:
-        base = f"{_PREFIX}{job_id}"
-        return base, f"{base}:indexed", f"{base}:unchanged", f"{base}:failed"
+        return (
+            job_key(job_id),
+            job_key(job_id, "indexed"),
+            job_key(job_id, "unchanged"),
+            job_key(job_id, "failed"),
+        )
 
     def exists(self, job_id: str) -> bool:
         return bool(self.r.exists(self._keys(job_id)[0]))
@@ -131,9 +145,24 @@ class JobTracker:
     def create(self, job_id: str, queue: str) -> None:
         """Register a job; a resumed job keeps its progress."""
         base = self._keys(job_id)[0]
-        self.r.hsetnx(base, "created_at", time.time())
-        self.r.hset(base, mapping={"queue": queue, "enqueue_finished": 0})
-        self.r.expire(base, self.ttl_s)
+        pipe = self.r.pipeline()
+        pipe.hsetnx(base, "created_at", time.time())
+        pipe.hset(base, mapping={"queue": queue, "enqueue_finished": 0})
+        pipe.expire(base, self.ttl_s)
+        pipe.sadd(RUNNING_KEY, job_id)
+        pipe.execute()
+
+    def running(self) -> list[str]:
+        """Ids of the jobs not yet seen finished (by :meth:`forget_running`)."""
+        return sorted(m.decode() for m in self.r.smembers(RUNNING_KEY))
+
+    def forget_running(self, job_id: str) -> None:
+        """Take a finished (or expired) job off the running list."""
+        self.r.srem(RUNNING_KEY, job_id)
+
+    def add_resent(self, job_id: str, paths: int) -> None:
+        """Count ``paths`` of lost chunks sent again."""
+        self.r.hincrby(self._keys(job_id)[0], "resent", paths)
 
     def is_complete(self, job_id: str) -> bool:
         """True when the job exists and its producer enqueued every chunk."""
@@ -205,6 +234,7 @@ class JobTracker:
             failed=n_fail,
             queue=meta.get("queue", ""),
             created_at=float(meta.get("created_at", 0)),
+            resent=int(meta.get("resent", 0)),
         )
 
     def failures(self, job_id: str) -> dict[str, str]:

@@ -65,9 +65,17 @@ class Settings(BaseSettings):
     # backoff capped at retry_backoff_max_s, then reported as failed path by path.
     task_max_retries: int = 8
     retry_backoff_max_s: int = 60
-    # A producer waiting this long on a job without progress checks whether its remaining chunks
-    # still exist (queued, or held by a worker) and sends again those that do not: kombu's Redis
-    # transport can lose a message taken by a worker just as Redis goes down.
+    # Seconds a lease lives unless its holder renews it (every third of it): a worker's hold on
+    # the chunks it took, and a chunk's claims on its row ids. A killed, frozen or cut-off
+    # worker's chunks are sent again, and its claims freed, within about two leases. Shorter:
+    # faster recovery, more Redis calls; a holder's Redis must answer within it.
+    lease_s: int = Field(15, ge=3)
+    # Each worker checks this often, one worker at a time (a Redis lock), whether a running
+    # job has chunks that no live worker holds, and sends them again.
+    recovery_interval_s: float = Field(10.0, gt=0)
+    # A job with no progress for this long, nothing of it held by a worker and nothing waiting
+    # on its queue, lost chunks in transit (kombu's Redis transport can lose a message taken
+    # by a worker just as Redis goes down): the recovery sends its unprocessed paths again.
     stall_check_s: float = 60.0
     # A Redis connection that died without a word (a partition, a host gone) is noticed
     # within about twice this many seconds (TCP keepalive, TCP_USER_TIMEOUT), and an idle one

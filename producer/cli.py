@@ -96,9 +96,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         if resumed:
             print(f"job {job_id}: resuming after {resumed[1]} paths already enqueued", flush=True)
         print(f"job {job_id}: enqueueing to queue {args.queue!r}", flush=True)
-    # Given as a function: the inputs are walked again, not held, to send lost chunks again
-    # (a job enqueued already is only watched).
-    if not _enqueue(producer, args, lambda: expand_inputs(args.inputs), job_id):
+    if not _enqueue(producer, args, expand_inputs(args.inputs), job_id):
         return 130
     progress = producer.progress(job_id)
     print(f"job {job_id}: {progress.total} paths enqueued", flush=True)
@@ -110,19 +108,19 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     with tqdm(total=progress.total, unit="img", disable=args.quiet) as bar:
+        resent = [progress.resent]
 
         def update(p: Any) -> None:
             bar.total = p.total
             bar.set_postfix(failed=p.failed, unchanged=p.unchanged, refresh=False)
             bar.update(p.processed - bar.n)
+            if p.resent > resent[0]:  # the cluster's recovery (ris.workers.recovery)
+                resent[0] = p.resent
+                bar.write(f"job {job_id}: {p.resent} paths of lost chunks sent again so far")
 
         try:
             progress = producer.wait(
-                job_id,
-                timeout_s=args.timeout,
-                on_progress=update,
-                queue=args.queue,
-                on_resend=bar.write,
+                job_id, timeout_s=args.timeout, on_progress=update, queue=args.queue
             )
         except NoWorkerError as exc:
             bar.close()

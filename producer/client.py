@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -24,13 +24,8 @@ from pydantic import ValidationError
 from redis import RedisError
 
 from ris.common.celery_app import make_app
-from ris.common.contracts import (
-    INGEST_TASK,
-    SEARCH_TASK,
-    IngestChunk,
-    SearchAnswer,
-    SearchRequest,
-)
+from ris.common.chunks import ChunkLedger, send_chunk
+from ris.common.contracts import SEARCH_TASK, IngestChunk, SearchAnswer, SearchRequest
 from ris.common.filters import SearchFilter
 from ris.common.jobs import JobProgress, JobTracker, redis_client
 from ris.common.paths import FILE_SCHEME, decode_file_url, encode_path
@@ -59,25 +54,6 @@ class QueryResult:
     hits: list[Hit] = field(default_factory=list)
     error: str | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class _SentJob:
-    """An ingest job this producer sent: its paths listed again on demand (to send lost chunks
-    again), where they went, and when its progress last moved."""
-
-    paths: Callable[[], Iterable[str]]
-    queue: str
-    collection: str | None
-    processed: int = -1
-    moved_at: float = field(default_factory=time.monotonic)
-
-
-def _recorded(paths: Iterable[str], into: list[str]) -> Iterator[str]:
-    """``paths``, each appended to ``into`` as it is taken."""
-    for path in paths:
-        into.append(path)
-        yield path
 
 
 def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
@@ -123,9 +99,10 @@ class Producer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app: Celery = make_app(settings)
-        self.tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
+        client = redis_client(settings)
+        self.tracker = JobTracker(client, settings.result_ttl_s)
+        self.ledger = ChunkLedger(client, settings.result_ttl_s, settings.lease_s)
         self._stores = StoreCache(settings)
-        self._sent: dict[str, _SentJob] = {}  # unfinished jobs this producer watches
 
     @property
     def store(self) -> ImageStore:
@@ -172,7 +149,7 @@ class Producer:
 
     def ingest(
         self,
-        paths: Iterable[str] | Callable[[], Iterable[str]],
+        paths: Iterable[str],
         queue: str = "cpu",
         job_id: str | None = None,
         on_enqueued: Callable[[int], None] | None = None,
@@ -180,37 +157,33 @@ class Producer:
         should_stop: Callable[[], bool] | None = None,
     ) -> str:
         """Enqueue ``paths`` in chunks and return the job id (into ``collection``, default the
-        configured one). ``paths`` may be a function listing them, called again when chunks
-        got lost (:meth:`watch`): a folder walked again, where holding millions of paths
-        would not do; the paths of a one-shot iterator are kept as they are sent.
+        configured one). Each chunk is recorded in the job's ledger before it is sent, so the
+        cluster finishes the job whoever waits for it (:mod:`ris.workers.recovery`).
 
         Resumable: if ``job_id`` names a job whose enqueueing was interrupted, the chunks it
         already sent are skipped (inputs expand in a stable order), and a chunk sent but not
-        recorded is sent again under the same task id, which a worker runs once; a job
+        counted is sent again under the same task id, which a worker runs once; a job
         enqueued completely is not sent again, only watched.
         ``should_stop`` is asked between chunks: True stops enqueueing there (resumable).
         """
         job_id = job_id or os.urandom(6).hex()
-        if callable(paths):
-            listing, paths = paths, paths()
-        elif isinstance(paths, Collection):
-            listing = paths.__iter__
-        else:
-            sent: list[str] = []
-            listing, paths = sent.__iter__, _recorded(paths, sent)
-        self._sent[job_id] = _SentJob(listing, queue, collection)
         if self.tracker.is_complete(job_id):
             return job_id
         skip_chunks, total = self.tracker.resume_point(job_id) or (0, 0)
         self.tracker.create(job_id, queue)
         chunks = skip_chunks
-        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size_for(queue))):
+        target = self.target(collection)
+        for number, paths_of_chunk in enumerate(
+            _batched(paths, self.settings.chunk_size_for(queue))
+        ):
             if number < skip_chunks:
                 continue
             if should_stop and should_stop():
                 return job_id
-            self._send_chunk(job_id, number, chunk, queue, collection)
-            total += len(chunk)
+            chunk = IngestChunk(job_id=job_id, paths=paths_of_chunk, number=number, **target)
+            self.ledger.record(chunk)
+            send_chunk(self.app, chunk, queue)
+            total += len(paths_of_chunk)
             chunks = number + 1
             self.tracker.set_total(job_id, total, chunks, finished=False)
             if on_enqueued:
@@ -218,83 +191,11 @@ class Producer:
         self.tracker.set_total(job_id, total, chunks, finished=True)
         return job_id
 
-    def _send_chunk(
-        self,
-        job_id: str,
-        number: int,
-        chunk: list[str],
-        queue: str,
-        collection: str | None,
-        resent: bool = False,
-    ) -> None:
-        task_id = f"{job_id}-{number:06d}" + (f"-r{os.urandom(3).hex()}" if resent else "")
-        request = IngestChunk(job_id=job_id, paths=chunk, **self.target(collection))
-        self.app.send_task(
-            INGEST_TASK,
-            args=(request.model_dump(mode="json"),),
-            queue=queue,
-            task_id=task_id,
-            argsrepr=f"(job={job_id}, chunk #{number}{' again' if resent else ''}: "
-            f"{len(chunk)} paths, first {os.path.basename(chunk[0])!r})",
-        )
-
-    def in_flight(self, job_id: str, queue: str) -> bool:
-        """Whether anything can still advance the job: messages wait on its queue, or a worker
-        holds one of its chunks (running, prefetched, or waiting to retry)."""
-        with self.app.connection_for_read() as conn:
-            if conn.default_channel.queue_declare(queue).message_count:
-                return True
-        inspect = self.app.control.inspect(timeout=2.0)
-        for replies in (inspect.active(), inspect.reserved(), inspect.scheduled()):
-            for tasks in (replies or {}).values():
-                for task in tasks:
-                    task_id = str(task.get("request", task).get("id", ""))
-                    if task_id.startswith(f"{job_id}-"):
-                        return True
-        return False
-
-    def resend_unprocessed(
-        self, job_id: str, paths: Iterable[str], queue: str, collection: str | None = None
-    ) -> int:
-        """Send again, chunk by chunk, the paths of the job that no worker has reported, and
-        return how many. Safe to repeat: processing a path twice changes nothing."""
-        resent = 0
-        for number, chunk in enumerate(_batched(paths, self.settings.chunk_size_for(queue))):
-            # Workers report each path in its text form (the form the chunk carries).
-            missing = self.tracker.unprocessed(job_id, [encode_path(p) for p in chunk])
-            if missing:
-                self._send_chunk(job_id, number, missing, queue, collection, resent=True)
-                resent += len(missing)
-        return resent
-
     def progress(self, job_id: str) -> JobProgress:
         return self.tracker.progress(job_id)
 
     def failures(self, job_id: str) -> dict[str, str]:
         return self.tracker.failures(job_id)
-
-    def watch(self, job_id: str, on_resend: Callable[[str], None] = log.warning) -> JobProgress:
-        """The job's progress. A job this producer sent that made no progress for
-        ``stall_check_s``, with nothing of it queued or held by a worker, lost chunks (kombu's
-        Redis transport can lose a message taken just as Redis goes down): its unprocessed
-        paths are sent again, and ``on_resend`` told so."""
-        progress = self.progress(job_id)
-        job = self._sent.get(job_id)
-        if job is None or progress.finished:
-            self._sent.pop(job_id, None)
-            return progress
-        now = time.monotonic()
-        if progress.processed != job.processed:
-            job.processed, job.moved_at = progress.processed, now
-        elif progress.enqueue_finished and now - job.moved_at > self.settings.stall_check_s:
-            job.moved_at = now
-            if not self.in_flight(job_id, job.queue):
-                n = self.resend_unprocessed(job_id, job.paths(), job.queue, job.collection)
-                on_resend(
-                    f"job {job_id}: {progress.pending} pending, none queued or running: "
-                    f"sent {n} again"
-                )
-        return progress
 
     def wait(
         self,
@@ -303,17 +204,16 @@ class Producer:
         poll_s: float = 0.25,
         on_progress: Callable[[JobProgress], None] | None = None,
         queue: str | None = None,
-        on_resend: Callable[[str], None] = log.warning,
     ) -> JobProgress:
-        """Block until every path of the job is processed, sending lost chunks again
-        (:meth:`watch`); TimeoutError past ``timeout_s``. With ``queue``, NoWorkerError once
-        no worker consumed it for ``no_worker_wait_s`` without progress."""
+        """Block until every path of the job is processed (the cluster sends lost chunks
+        again: nothing here does); TimeoutError past ``timeout_s``. With ``queue``,
+        NoWorkerError once no worker consumed it for ``no_worker_wait_s`` without progress."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last_processed = -1
         no_worker = self.settings.no_worker_wait_s
         last_consumer = last_check = time.monotonic()
         while True:
-            progress = self.watch(job_id, on_resend)
+            progress = self.progress(job_id)
             if on_progress:
                 on_progress(progress)
             if progress.finished:

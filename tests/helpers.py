@@ -7,8 +7,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from ris.common.settings import Settings
@@ -50,6 +52,22 @@ def settings_for(env: dict[str, str] | None) -> Settings:
 
     overrides = {k[4:].lower(): v for k, v in (env or {}).items() if k.startswith("RIS_")}
     return Settings(**overrides)
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout_s: float, what: str = "", every_s: float = 0.1) -> T:
+    """``check()``'s first truthy value, asked every ``every_s``; TimeoutError (saying
+    ``what``) once ``timeout_s`` passed without one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout_s:g} s: {what or check}")
+        time.sleep(every_s)
 
 
 def free_port() -> int:

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
+from ris.common.chunks import send_chunk
+from ris.common.contracts import IngestChunk
 from ris.common.local_redis import start_redis
 from ris.common.store import path_id
 from tests.cluster import IsolatedCluster
@@ -320,7 +322,9 @@ def test_a_chunk_sent_twice_is_processed_once(io: IoCluster, photos: Path, tmp_p
     # A producer stopped after sending chunk 0 and before recording it: the re-run sends it
     # again, under the same task id.
     first = [str(p) for p in paths[:8]]
-    producer._send_chunk(job, 0, first, "cpu", None)
+    chunk = IngestChunk(job_id=job, paths=first, number=0, **producer.target(None))
+    producer.ledger.record(chunk)
+    send_chunk(producer.app, chunk, "cpu")
     out = io.ingest(str(folder))
     assert out.returncode == 0, out.stdout + out.stderr
     line = _finished_line(out.stdout)

@@ -30,10 +30,13 @@ def run_worker(
     if any(map(is_gpu_queue, queues)) and settings.device != "cuda":
         # A gpu-queue worker that silently ran on the CPU would hide a misconfiguration.
         raise SystemExit("a gpu-queue worker needs RIS_DEVICE=cuda (and a CUDA device)")
+    from ris.workers.duties import duties_step
     from ris.workers.tasks import register_tasks
 
     app = make_app(settings)
     runtime = register_tasks(app, settings)
+    # Holding its chunks under leases, and its turn at recovering lost ones.
+    app.steps["worker"].add(duties_step(settings))
     if settings.worker_pool == "threads":
         # One process: the model on its own thread, tasks on --concurrency threads, decoding
         # in processes. Load it now, so that a broken GPU stops the start, not the first task.

@@ -12,7 +12,6 @@ import base64
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +24,8 @@ from celery.worker.request import Request
 from pydantic import ValidationError
 from pymilvus.exceptions import MilvusException
 
-from ris.common.chunks import chunk_done, record_chunk_done
-from ris.common.claims import Claim, RowClaims, claim_scope
+from ris.common.chunks import ChunkLedger
+from ris.common.claims import Claim, RowClaims, claim_scope, new_owner
 from ris.common.contracts import (
     DUPLICATES_TASK,
     INGEST_TASK,
@@ -62,6 +61,7 @@ class WorkerContext:
     settings: Settings
     pipeline: EmbeddingPipeline
     tracker: JobTracker
+    ledger: ChunkLedger
     claims: RowClaims
     stores: StoreCache
 
@@ -84,8 +84,9 @@ class Runtime:
                     settings,
                     EmbeddingPipeline(settings),
                     JobTracker(client, settings.result_ttl_s),
-                    # A claim outlives any task that could hold it (the hard time limit).
-                    RowClaims(client, int(settings.task_time_limit_s) + 60),
+                    ChunkLedger(client, settings.result_ttl_s, settings.lease_s),
+                    # Waiting for other chunks' claims ends with the task's own time.
+                    RowClaims(client, settings.lease_s, settings.task_soft_time_limit_s or 600),
                     StoreCache(settings),
                 )
             return self._context
@@ -106,12 +107,16 @@ def _chunk(args: Any, kwargs: Any) -> IngestChunk | None:
         return None
 
 
-def _record_chunk_failure(tracker: JobTracker, chunk: IngestChunk, reason: str) -> None:
+def _record_chunk_failure(
+    tracker: JobTracker, ledger: ChunkLedger, chunk: IngestChunk, task_id: str, reason: str
+) -> None:
     log.error(
         "chunk of job %s failed for good (%d paths): %s", chunk.job_id, len(chunk.paths), reason
     )
     try:
         tracker.mark(chunk.job_id, [], [], dict.fromkeys(chunk.paths, reason))
+        if chunk.number is not None:
+            ledger.finish(chunk.job_id, chunk.number, task_id)
     except Exception:
         log.exception("could not record the failure of job %s", chunk.job_id)
 
@@ -125,28 +130,32 @@ class IngestRequest(Request):
         if not soft and (chunk := _chunk(self.args, self.kwargs)):
             # The pool process was killed: record from the worker's main process.
             settings = self.task.runtime.settings
-            tracker = JobTracker(redis_client(settings), settings.result_ttl_s)
+            client = redis_client(settings)
+            tracker = JobTracker(client, settings.result_ttl_s)
+            ledger = ChunkLedger(client, settings.result_ttl_s, settings.lease_s)
             reason = f"not indexed: time limit of {timeout:g} s exceeded (RIS_TASK_TIME_LIMIT_S)"
-            _record_chunk_failure(tracker, chunk, reason)
+            _record_chunk_failure(tracker, ledger, chunk, self.id, reason)
 
 
 class IngestTask(WorkerTask):
     """Reports a chunk whose retries ran out as failed, path by path, instead of hanging;
-    runs a chunk sent twice (same task id) once."""
+    runs a chunk once however often it arrives (sent twice, sent again by the recovery, or
+    redelivered), and marks it done in the job's ledger."""
 
     Request = IngestRequest
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         chunk = _chunk(args, kwargs)
-        task_id = self.request.id
-        tracker = self.runtime.context().tracker
-        if chunk and task_id and chunk_done(tracker.r, chunk.job_id, task_id):
-            log.info("job %s: chunk %s already done: skipped", chunk.job_id, task_id)
+        number = chunk.number if chunk else None
+        ledger = self.runtime.context().ledger
+        if chunk and number is not None and ledger.is_done(chunk.job_id, number):
+            log.info("job %s: chunk %s already done: skipped", chunk.job_id, self.request.id)
+            ledger.finish(chunk.job_id, number, self.request.id)  # drops this copy's hold
             skipped = ChunkOutcome(job_id=chunk.job_id, skipped="chunk already done")
             return skipped.model_dump(mode="json")
         result = super().__call__(*args, **kwargs)
-        if chunk and task_id:
-            record_chunk_done(tracker.r, chunk.job_id, task_id, tracker.ttl_s)
+        if chunk and number is not None:
+            ledger.finish(chunk.job_id, number, self.request.id)
         return result
 
     def on_failure(
@@ -160,7 +169,8 @@ class IngestTask(WorkerTask):
             reason = f"not indexed: time limit of {limit:g} s exceeded (RIS_TASK_SOFT_TIME_LIMIT_S)"
         else:
             reason = f"not indexed: {type(exc).__name__}: {exc}"
-        _record_chunk_failure(self.runtime.context().tracker, chunk, reason)
+        ctx = self.runtime.context()
+        _record_chunk_failure(ctx.tracker, ctx.ledger, chunk, task_id, reason)
 
 
 def register_tasks(app: Celery, settings: Settings) -> Runtime:
@@ -216,8 +226,7 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
     # Claimed before the look-up: only a row claimed from before it found the id absent may
     # be inserted (ris.common.claims says why).
     scope = claim_scope(store_identity(ctx.settings), chunk.collection or ctx.settings.collection)
-    owner = self.request.id or uuid.uuid4().hex
-    with ctx.claims.holding(scope, ids.values(), owner) as held:
+    with ctx.claims.holding(scope, ids.values(), new_owner(self.request.id)) as held:
         return _ingest(self, ctx, chunk, ids, held)
 
 
@@ -273,10 +282,8 @@ def _ingest(
     # flight when it failed or its worker died): it upserts everything.
     retried = self.request.retries or (self.request.delivery_info or {}).get("redelivered")
     new_ids = set() if retried else {ids[r.key] for r in results if ids[r.key] not in stored}
-    mine = [r for r in rows if r.id in held]
-    theirs = [r for r in rows if r.id not in held]  # another chunk is writing them
     try:
-        store.upsert(mine, new_ids & held.ids)
+        held.write(store, rows, new_ids)  # fenced: ris.common.claims
         # Same content under a new stat (touched, copied back): remember the new stat.
         store.refresh_stats(
             {
@@ -285,10 +292,6 @@ def _ingest(
                 if r.unchanged and r.stat is not None and r.stat != known_stat.get(ids[r.key])
             }
         )
-        if theirs:
-            # Upserted once their holders wrote, under claims of this chunk's own.
-            held.take_rest({r.id for r in theirs})
-            store.upsert(theirs)
     except RETRYABLE:
         ctx.stores.forget()
         raise

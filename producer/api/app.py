@@ -263,7 +263,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
 
     def job_out(job_id: str, failures: bool = True) -> JobOut:
         try:
-            p = producer.watch(job_id)  # a job this server sent: its lost chunks sent again
+            p = producer.progress(job_id)
         except KeyError as exc:
             raise HTTPException(404, str(exc.args[0])) from None
         return JobOut(

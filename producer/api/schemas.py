@@ -46,6 +46,7 @@ class JobOut(BaseModel):
     pending: int
     enqueue_finished: bool
     finished: bool
+    resent: int = Field(0, description="paths of lost chunks the cluster sent again")
     failures: dict[str, str] = Field(default_factory=dict)
 
 
