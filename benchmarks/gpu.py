@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import LocalCluster, benchmark_images, machine, rss_mib
-from ris.common.loading import Item
+from ris.workers.loading import Item
 
 RESULTS: dict[str, Any] = {}
 
@@ -101,15 +101,16 @@ def model_ceilings(device: str, batch: int) -> None:
     """Figures 1 and 2."""
     import torch
 
-    from ris.common.models import Embedder
     from ris.common.settings import get_settings
+    from ris.workers.embedder import Embedder
+    from ris.workers.networks import load_network
 
     settings = get_settings().model_copy(
         update={"runtime": "torch", "device": device, "fp16": device == "cuda"}
     )
     embedder = Embedder(settings)
     size = embedder.spec.input_size
-    model = embedder.spec.load().to(device)
+    model = load_network(embedder.spec).to(device)
     dtype = torch.float16 if device == "cuda" else torch.float32
     model = model.to(dtype=dtype)
     if device == "cuda":
@@ -135,8 +136,8 @@ def decode_ceiling(paths: list[Path], processes: int) -> None:
     """Figure 3: every decoding process busy reading, hashing and decoding files."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ris.common.decode_pool import load_in_processes
     from ris.common.settings import get_settings
+    from ris.workers.decode_pool import load_in_processes
 
     settings = get_settings()
     items = [Item(str(p)) for p in paths]
@@ -155,8 +156,8 @@ def pipeline_alone(paths: list[Path], device: str, chunk: int, processes: int) -
     in processes; 4 chunks in flight), without queue or database."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ris.common.pipeline import EmbeddingPipeline
     from ris.common.settings import Settings
+    from ris.workers.pipeline import EmbeddingPipeline
 
     # Settings(device=...) takes the device's defaults (batch, decoding processes).
     settings = Settings(runtime="torch", device=device, fp16=True, decode_processes=processes)
@@ -336,8 +337,8 @@ def gpu_jpeg_probe(paths: list[Path], batch: int = 256) -> None:
     from torchvision.io import decode_jpeg
 
     from ris.common.images import decode
-    from ris.common.models import Embedder
     from ris.common.settings import get_settings
+    from ris.workers.embedder import Embedder
 
     datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
 
@@ -375,8 +376,8 @@ def gpu_vs_cpu_cosine(paths: list[Path], device: str) -> None:
     """The GPU path's vectors (torch fp16, uint8 normalised on the device) against the CPU
     worker's (onnxruntime, float32)."""
     from ris.common.images import decode
-    from ris.common.models import Embedder
     from ris.common.settings import get_settings
+    from ris.workers.embedder import Embedder
 
     base = get_settings()
     size = 224

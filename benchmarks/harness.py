@@ -106,7 +106,7 @@ class LocalCluster:
     _tmp: Path | None = None
 
     def __enter__(self) -> LocalCluster:
-        from ris.common.local_redis import start_redis
+        from ris.producer.local_redis import start_redis
 
         self._tmp = Path(tempfile.mkdtemp(prefix="ris-bench-"))
         url, self._redis = start_redis(workdir=self._tmp)
@@ -180,7 +180,7 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         import gc
 
-        from ris.common.lite_server import stop_lite_server
+        from ris.common.store.lite_server import stop_lite_server
 
         self.stop_workers()
         gc.collect()  # finished AsyncResults unsubscribe from Redis while it still runs

@@ -37,7 +37,8 @@ def model_ceiling(
     """Figure 1: images/s of read + decode + preprocess + forward, sequentially, per batch size;
     returns the best and its batch size."""
     from ris.common.images import decode
-    from ris.common.models import Embedder, get_spec
+    from ris.common.models import get_spec
+    from ris.workers.embedder import Embedder
 
     spec = get_spec(settings.model)
     embedder = Embedder(settings)
@@ -60,9 +61,9 @@ def tutorial_baseline(settings: Settings, paths: list[Path], runtime: str) -> fl
     """Figure 2: one image at a time through the pipeline, one Milvus insert per image, the
     model run by ``runtime`` (the tutorial runs torch eager)."""
     from ris.common.contracts import ImageRow
-    from ris.common.loading import Item
-    from ris.common.pipeline import EmbeddingPipeline
     from ris.common.store import open_store, path_id
+    from ris.workers.loading import Item
+    from ris.workers.pipeline import EmbeddingPipeline
 
     settings = settings.model_copy(update={"runtime": runtime, "batch_size": 1})
     pipeline = EmbeddingPipeline(settings)

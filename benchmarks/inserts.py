@@ -47,7 +47,7 @@ def _pymilvus_rows(store: Any, rows: Sequence[Any]) -> None:
     """The baseline: pymilvus's own row upsert (dicts, the vector a list of floats)."""
     names = [f["name"] for f in store.client.describe_collection(store.name)["fields"]]
     dicts = [{n: getattr(r, n) for n in names} | {"vector": r.vector.tolist()} for r in rows]
-    store.client.upsert(store.name, dicts, timeout=600)
+    store.client.raw.upsert(store.name, dicts, timeout=600)
 
 
 def measure(settings: Any, vectors: np.ndarray, batch: int, rounds: int) -> tuple[float, float]:
@@ -85,8 +85,8 @@ def main() -> int:
     from pydantic import SecretStr
 
     from benchmarks.harness import machine
-    from ris.common.lite_server import stop_lite_server
     from ris.common.settings import Settings
+    from ris.common.store.lite_server import stop_lite_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--milvus-uri")

@@ -101,9 +101,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="ris-bench-library-"))
     from ris.common.filters import SearchFilter
-    from ris.common.lite_server import stop_lite_server
     from ris.common.settings import Settings
     from ris.common.store import open_store
+    from ris.common.store.lite_server import stop_lite_server
 
     settings = Settings(
         milvus_uri=str(work / "milvus.db"),

@@ -47,8 +47,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def real_embeddings(settings: Settings, paths: list[Path]) -> np.ndarray:
-    from ris.common.loading import Item
-    from ris.common.pipeline import EmbeddingPipeline
+    from ris.workers.loading import Item
+    from ris.workers.pipeline import EmbeddingPipeline
 
     pipeline = EmbeddingPipeline(settings)
     results = pipeline([Item(str(p), p.read_bytes()) for p in paths])
@@ -195,8 +195,8 @@ def compare_back_ends(args: argparse.Namespace) -> int:
     import tempfile
 
     from benchmarks.backends import RUNS, compare, table
-    from ris.common.lite_server import stop_lite_server
     from ris.common.settings import Settings
+    from ris.common.store.lite_server import stop_lite_server
 
     print(f"machine: {machine()}")
     real_paths = benchmark_images(1000)

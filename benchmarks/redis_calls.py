@@ -68,8 +68,8 @@ def lease_round_trips(cluster: LocalCluster, chunk: int, repeat: int) -> None:
     """Part 2: one chunk's lease calls, timed."""
     try:
         from ris.common.chunks import ChunkLedger
-        from ris.common.claims import RowClaims
         from ris.common.contracts import IngestChunk
+        from ris.workers.claims import RowClaims
     except ImportError:
         print("part 2: this tree has no leases")
         return

@@ -83,8 +83,8 @@ def best_of(cmd: list[str], env: dict[str, str], repeat: int) -> tuple[float, in
 
 def main() -> int:
     from ris.common.jobs import JobTracker, redis_client
-    from ris.common.local_redis import start_redis
     from ris.common.settings import Settings
+    from ris.producer.local_redis import start_redis
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, help="where to make the fresh venv (default: temp)")

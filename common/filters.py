@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-
-class FilterError(ValueError):
-    """A filter value that cannot be used; the message says why (shown as one line)."""
+from ris.common.errors import FilterError
 
 
 def string_literal(value: str) -> str:

@@ -9,12 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ris.common.errors import ImageError
+
 # We enforce our own pixel limit (ImageError) before decoding; PIL's would only warn below 2x.
 Image.MAX_IMAGE_PIXELS = None
-
-
-class ImageError(ValueError):
-    """An input that is not a usable image; the message is the reason shown to the user."""
 
 
 @dataclass(frozen=True)

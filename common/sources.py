@@ -15,12 +15,9 @@ from typing import BinaryIO, NamedTuple
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ris.common.errors import SourceError
 from ris.common.paths import FILE_SCHEME, decode_file_url
 from ris.common.settings import Settings
-
-
-class SourceError(ValueError):
-    """The path cannot be read; the message is the reason shown to the user."""
 
 
 def check_allowed(path: str, allowed_roots: list[Path]) -> Path:

@@ -365,13 +365,13 @@ def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _lite_servers(settings: Settings) -> list[dict[str, Any]]:
-    from ris.common.lite_server import list_lite_servers
+    from ris.common.store.lite_server import list_lite_servers
 
     return [asdict(s) for s in list_lite_servers(settings.lite_registry_dir)]
 
 
 def cmd_lite(args: argparse.Namespace, settings: Settings) -> int:
-    from ris.common.lite_server import list_lite_servers, stop_lite_server
+    from ris.common.store.lite_server import list_lite_servers, stop_lite_server
 
     if args.action == "list":
         for server in list_lite_servers(settings.lite_registry_dir):
@@ -651,16 +651,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command in _NEEDS_REDIS:
-            from ris.common.local_redis import check_redis
+            from ris.producer.local_redis import check_redis
 
             check_redis(settings.redis_url.get_secret_value(), settings.redis_check_timeout_s)
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from ris.common.errors import StoreError
         from ris.common.filters import FilterError
-        from ris.common.lite_server import LiteServerError
-        from ris.common.store import StoreError
+        from ris.common.store.lite_server import LiteServerError
         from ris.producer.evaluation import DatasetError
         from ris.producer.sync import SyncError
 

@@ -26,6 +26,7 @@ from redis import RedisError
 from ris.common.celery_app import make_app
 from ris.common.chunks import ChunkLedger, send_chunk
 from ris.common.contracts import SEARCH_TASK, IngestChunk, SearchAnswer, SearchRequest
+from ris.common.errors import NoWorkerError, QueryError
 from ris.common.filters import SearchFilter
 from ris.common.jobs import JobProgress, JobTracker, redis_client
 from ris.common.paths import FILE_SCHEME, decode_file_url, encode_path
@@ -33,14 +34,6 @@ from ris.common.settings import Settings
 from ris.common.store import Hit, ImageStore, StoreCache, drop_collection, store_identity
 
 log = logging.getLogger(__name__)
-
-
-class QueryError(ValueError):
-    """A query image that cannot be searched; the message says why."""
-
-
-class NoWorkerError(RuntimeError):
-    """No worker consumes the job's queue, and none did for ``no_worker_wait_s``."""
 
 
 _QUERY_PREFIX = "ris:query:"

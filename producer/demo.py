@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 from pydantic import SecretStr
 
-from ris.common.local_redis import redis_answers, start_redis
 from ris.common.settings import Settings
+from ris.producer.local_redis import redis_answers, start_redis
 
 SAMPLE_PHOTOS = (
     "astronaut.png",

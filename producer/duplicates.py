@@ -12,12 +12,9 @@ from celery.result import AsyncResult
 
 from ris.common.contracts import DUPLICATES_TASK, DuplicatesAnswer, DuplicatesSlice
 from ris.common.duplicates import DUPLICATES_TOP_K, group_pairs
+from ris.common.errors import DuplicatesError
 from ris.common.filters import SearchFilter
 from ris.producer.client import Producer, poll_result
-
-
-class DuplicatesError(RuntimeError):
-    """A slice a worker could not search; the message says why."""
 
 
 @dataclass

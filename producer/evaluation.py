@@ -21,12 +21,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from ris.common.errors import DatasetError
 from ris.producer.client import Producer
 from ris.producer.inputs import expand_inputs, image_extensions
-
-
-class DatasetError(ValueError):
-    """The dataset's layout is not one ``ris eval`` understands; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ris.common.errors import SyncError
 from ris.common.store import ImageStore, path_id
 from ris.producer.inputs import walk_folder
-
-
-class SyncError(ValueError):
-    """A root that cannot be synced (missing, not a folder); the message says why."""
 
 
 @dataclass

@@ -93,7 +93,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from ris.common.lite_server import stop_lite_server
+    from ris.common.store.lite_server import stop_lite_server
 
     tmp = _STATE.get("tmp")
     if isinstance(tmp, Path):
@@ -108,7 +108,7 @@ def tmp_root() -> Path:
 @pytest.fixture(scope="session")
 def redis_url(tmp_root: Path) -> Iterator[str]:
     """The session's Redis, started on the port ``pytest_configure`` chose."""
-    from ris.common.local_redis import redis_answers, start_redis
+    from ris.producer.local_redis import redis_answers, start_redis
 
     url = str(_STATE["redis_url"])
     hold = _STATE.pop("redis_port_hold", None)

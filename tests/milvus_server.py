@@ -56,7 +56,7 @@ def sealed_segments(store: Any) -> list[tuple[int, bool]] | None:
     from pymilvus import utility
 
     try:
-        info = utility.get_query_segment_info(store.name, using=store.client._using)
+        info = utility.get_query_segment_info(store.name, using=store.client.raw._using)
     except Exception:
         return None
     return [(seg.num_rows, seg.indexID != 0) for seg in info if seg.state == 3]  # Sealed

@@ -1,4 +1,4 @@
-"""Row-id claims in a real Redis (ris.common.claims): one holder per id, waiting without
+"""Row-id claims in a real Redis (ris.workers.claims): one holder per id, waiting without
 holding, leases renewed by a live holder and lapsed for a dead or frozen one, and the fence:
 a writer whose lease lapsed before or during its write leaves one row per id in a real
 Milvus (Lite) collection."""
@@ -17,11 +17,11 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import pytest
 
-from ris.common.claims import Claim, RowClaims, new_owner
 from ris.common.contracts import ImageRow
 from ris.common.jobs import redis_client
 from ris.common.settings import get_settings
 from ris.common.store import ImageStore, open_store
+from ris.workers.claims import Claim, RowClaims, new_owner
 from tests.helpers import ROOT
 
 # The mechanism's tests use a short lease; the fault tests (test_faults.py, test_multihost.py)
@@ -106,7 +106,7 @@ def test_a_live_holder_keeps_its_claims_past_many_leases(claims: RowClaims, scop
 # A holder in a process of its own: takes claims on 1 and 2, says so, then holds them.
 _HOLDER = """
 import sys, time
-from ris.common.claims import RowClaims
+from ris.workers.claims import RowClaims
 from ris.common.jobs import redis_client
 from ris.common.settings import get_settings
 claims = RowClaims(redis_client(get_settings()), lease_s=float(sys.argv[2]), wait_s=30)

@@ -352,7 +352,7 @@ def test_info_shows_the_index_milvus_built_and_the_workers() -> None:
 
 
 def test_rows_read_back_as_written(backend: Backend) -> None:
-    """The packed writes (ris.common.milvus_write) store every field of every row exactly; new
+    """The packed writes (ris.common.store.write) store every field of every row exactly; new
     ids go in by insert, and a write of stored ids replaces them, on Lite and on a server."""
     from dataclasses import replace
 

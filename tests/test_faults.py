@@ -27,9 +27,9 @@ import pytest
 from PIL import Image, ImageOps
 from pymilvus.exceptions import MilvusException
 
-from ris.common.local_redis import start_redis
 from ris.common.store import path_id
 from ris.producer.client import Producer
+from ris.producer.local_redis import start_redis
 from tests.cluster import IsolatedCluster
 from tests.helpers import (
     ROOT,
@@ -78,7 +78,7 @@ class Cluster(IsolatedCluster):
             [
                 sys.executable,
                 "-m",
-                "ris.common.lite_server",
+                "ris.common.store.lite_server",
                 str(self.root / "faults.db"),
                 f"127.0.0.1:{self.milvus_port}",
             ],
@@ -348,7 +348,7 @@ def test_a_frozen_worker_writes_no_row_twice(
 ) -> None:
     """Worker A is frozen (SIGSTOP) mid-chunk for three leases: worker B's recovery sends A's
     chunk again and B writes it; A, thawed, finishes the same chunk under lapsed leases
-    (fenced: ris.common.claims). Every image is stored once."""
+    (fenced: ris.workers.claims). Every image is stored once."""
     folder = tmp_path / "photos"
     good = _photo_set(photos, folder, 640, size=(800, 600))
     a = cluster.worker("frozen-a@%h")

@@ -26,8 +26,8 @@ from PIL import Image, ImageOps
 
 from ris.common.chunks import send_chunk
 from ris.common.contracts import IngestChunk
-from ris.common.local_redis import start_redis
 from ris.common.store import path_id
+from ris.producer.local_redis import start_redis
 from tests.cluster import IsolatedCluster
 from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
 

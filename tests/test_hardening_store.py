@@ -92,7 +92,7 @@ def _fill(db: Path, collection: str, n: int) -> None:
 @pytest.fixture
 def lite_db(tmp_path: Path) -> Iterator[Path]:
     """A private Milvus Lite file; its server is stopped afterwards."""
-    from ris.common.lite_server import stop_lite_server
+    from ris.common.store.lite_server import stop_lite_server
 
     db = tmp_path / "own.db"
     yield db
@@ -197,7 +197,7 @@ def test_killed_wrapper_takes_its_engine_and_one_engine_serves_the_db(lite_db: P
         [
             sys.executable,
             "-c",
-            "import sys; from ris.common.lite_server import ensure_lite_server; "
+            "import sys; from ris.common.store.lite_server import ensure_lite_server; "
             "ensure_lite_server(sys.argv[1])",
             str(lite_db),
         ],
@@ -217,10 +217,10 @@ def test_killed_wrapper_takes_its_engine_and_one_engine_serves_the_db(lite_db: P
     assert info["rows"] == 7
     assert len(_engines(lite_db)) == 1
     # A second server for the same file is refused by the engine's own lock.
-    from ris.common.lite_server import _side_file
+    from ris.common.store.lite_server import _side_file
 
     second = subprocess.run(
-        [sys.executable, "-m", "ris.common.lite_server", str(lite_db), "127.0.0.1:1"],
+        [sys.executable, "-m", "ris.common.store.lite_server", str(lite_db), "127.0.0.1:1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -304,7 +304,7 @@ def test_corrupt_db_says_what_is_wrong(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() == 0 and not UNPRIVILEGED, reason="root ignores permissions")
 def test_db_in_read_only_folder_says_so(lite_db: Path) -> None:
-    from ris.common.lite_server import stop_lite_server
+    from ris.common.store.lite_server import stop_lite_server
 
     _fill(lite_db, "ro", 1)
     stop_lite_server(lite_db)

@@ -15,12 +15,14 @@ import pytest
 import redis
 
 from ris.common.images import decode, normalise
-from ris.common.inference import InferenceEngine
-from ris.common.loading import Item
-from ris.common.models import Embedder, get_spec
-from ris.common.pipeline import EmbeddingPipeline
+from ris.common.models import get_spec
 from ris.common.settings import Settings, get_settings
 from ris.producer.client import Producer
+from ris.workers.embedder import Embedder
+from ris.workers.inference import InferenceEngine
+from ris.workers.loading import Item
+from ris.workers.networks import load_network
+from ris.workers.pipeline import EmbeddingPipeline
 from tests.helpers import start_worker, stop_worker
 
 SPEC = get_spec("efficientnet-lite0")
@@ -58,7 +60,7 @@ def test_uint8_input_matches_the_float_path_within_1e_3_cosine(
     import torch
 
     images = np.stack([decode(item.data, SPEC.input_size, 10**8).pixels for item in items[:8]])
-    model = SPEC.load().eval()
+    model = load_network(SPEC).eval()
     with torch.inference_mode():
         reference = model(torch.from_numpy(normalise(images, SPEC.mean, SPEC.std))).numpy()
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
@@ -136,7 +138,7 @@ def test_a_file_is_stat_ed_where_it_is_loaded_and_not_read_when_its_stat_matches
     """Stat, read and hash happen in the loader (a decoding process on a GPU worker), not on
     the worker's thread: a file whose stat matches the stored one is not read; a changed stat
     reads it, and the stat taken before reading comes back for the row."""
-    from ris.common.loading import file_stat, load
+    from ris.workers.loading import file_stat, load
 
     path = tmp_path / "photo.jpg"
     path.write_bytes(next(iter(sorted(photos.iterdir()))).read_bytes())
@@ -268,7 +270,7 @@ def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     import signal
 
     from ris.common import decode_pool
-    from ris.common.loading import load
+    from ris.workers.loading import load
 
     settings = get_settings()
     paths = [Item(item.key) for item in items]

@@ -282,18 +282,18 @@ def test_duplicates_groups_generated_copies_among_distractors(tmp_path: Path, ph
 
 
 def test_sync_on_a_collection_created_before_the_stat_fields(tmp_path: Path, photos: Path) -> None:
-    from pymilvus import DataType
+    from pymilvus import DataType, MilvusClient
 
     from ris.common.models import get_spec
     from ris.common.settings import get_settings
-    from ris.common.store import milvus_client
+    from ris.common.store import BoundedClient
 
     env = _collection_env()
     settings = get_settings()
     spec = get_spec(settings.model)
-    client = milvus_client(settings)
+    client = BoundedClient(settings)
     # The schema as it was before size and mtime_ns.
-    schema = client.create_schema(
+    schema = MilvusClient.create_schema(
         auto_id=False,
         description=json.dumps({"model": spec.name, "dim": spec.dim, "metric": settings.metric}),
     )
@@ -304,7 +304,7 @@ def test_sync_on_a_collection_created_before_the_stat_fields(tmp_path: Path, pho
     schema.add_field("width", DataType.INT32)
     schema.add_field("height", DataType.INT32)
     schema.add_field("ingested_at", DataType.INT64)
-    client.create_collection(env["RIS_COLLECTION"], schema=schema)
+    client.create_collection(env["RIS_COLLECTION"], schema)
     client.close()
 
     root = tmp_path / "old"

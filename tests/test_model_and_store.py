@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from ris.common.contracts import ImageRow
+from ris.common.errors import SchemaMismatchError
 from ris.common.images import decode, normalise
-from ris.common.models import export_onnx, get_spec
+from ris.common.models import get_spec
 from ris.common.settings import Settings, get_settings
-from ris.common.store import ImageStore, SchemaMismatchError, path_id
+from ris.common.store import ImageStore, path_id
+from ris.workers.export import export_onnx
+from ris.workers.networks import load_network
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def batch(photos: Path) -> np.ndarray:
 
 @pytest.mark.unit
 def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
-    from ris.common.models import Embedder
+    from ris.workers.embedder import Embedder
 
     base = get_settings()
     onnx = Embedder(base.model_copy(update={"runtime": "onnx"})).embed(batch)
@@ -45,7 +48,7 @@ def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray)
     import torch
 
     spec = get_spec("efficientnet-lite0")
-    model = spec.load().eval()
+    model = load_network(spec).eval()
     x = torch.from_numpy(normalise(batch, spec.mean, spec.std))
     with torch.inference_mode():
         fp32 = model(x).numpy()
@@ -60,7 +63,7 @@ def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray)
 def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> None:
     import torch
 
-    from ris.common.models import Embedder
+    from ris.workers.embedder import Embedder
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
@@ -82,7 +85,7 @@ def test_onnx_export_is_cached_and_then_runs_without_torch(tmp_path: Path) -> No
     # A worker that runs the cached export (and its task module) never imports torch.
     code = (
         "import sys, numpy as np; import ris.workers.tasks; "
-        "from ris.common.models import Embedder; from ris.common.settings import Settings; "
+        "from ris.workers.embedder import Embedder; from ris.common.settings import Settings; "
         "v = Embedder(Settings(model_cache_dir=sys.argv[1])).embed("
         "np.zeros((2, 224, 224, 3), np.uint8)); "
         "print(v.shape, sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"

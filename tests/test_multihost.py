@@ -258,7 +258,7 @@ def cluster(tmp_root: Path) -> Iterator[Cluster]:
         # The embedded Milvus Lite server, started the product's way, on the private address.
         started = hosts.run(
             "srv",
-            [sys.executable, "-c", "import sys; from ris.common.lite_server import "
+            [sys.executable, "-c", "import sys; from ris.common.store.lite_server import "
              "ensure_lite_server as e; print(e(sys.argv[1]))", str(root / "milvus.db")],
             env={"RIS_LITE_BIND_ADDRESS": srv},
         )  # fmt: skip

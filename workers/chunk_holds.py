@@ -17,7 +17,7 @@ from celery.worker import state
 
 from ris.common.chunks import ChunkLedger
 from ris.common.contracts import INGEST_TASK, IngestChunk
-from ris.common.leases import Periodic
+from ris.workers.leases import Periodic
 
 log = logging.getLogger(__name__)
 

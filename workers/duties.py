@@ -13,9 +13,9 @@ from celery.signals import task_received
 
 from ris.common.chunks import ChunkLedger
 from ris.common.jobs import JobTracker, redis_client
-from ris.common.leases import Periodic
 from ris.common.settings import Settings
 from ris.workers.chunk_holds import ChunkHolds
+from ris.workers.leases import Periodic
 from ris.workers.recovery import Recovery
 
 

@@ -48,7 +48,7 @@ def run_worker(
     elif settings.device == "cuda":
         # Prefork: the pool's processes load the model. Check in a spawned process, so this
         # forking parent never touches CUDA.
-        from ris.common.models import require_cuda
+        from ris.workers.embedder import require_cuda
 
         try:
             require_cuda(settings)

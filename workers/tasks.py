@@ -25,7 +25,6 @@ from pydantic import ValidationError
 from pymilvus.exceptions import MilvusException
 
 from ris.common.chunks import ChunkLedger
-from ris.common.claims import Claim, RowClaims, claim_scope, new_owner
 from ris.common.contracts import (
     DUPLICATES_TASK,
     INGEST_TASK,
@@ -41,10 +40,11 @@ from ris.common.contracts import (
 from ris.common.duplicates import pairs_of
 from ris.common.filters import FilterError, SearchFilter
 from ris.common.jobs import CONNECTION_ERRORS, JobTracker, redis_client
-from ris.common.loading import Item
-from ris.common.pipeline import EmbeddingPipeline
 from ris.common.settings import Settings
 from ris.common.store import StoreCache, foreign_store, path_id, store_identity
+from ris.workers.claims import Claim, RowClaims, claim_scope, new_owner
+from ris.workers.loading import Item
+from ris.workers.pipeline import EmbeddingPipeline
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def ingest_chunk(self: IngestTask, chunk: IngestChunk) -> ChunkOutcome:
         return _refuse_chunk(ctx, chunk, refused)
     ids = {p: path_id(p) for p in chunk.paths}
     # Claimed before the look-up: only a row claimed from before it found the id absent may
-    # be inserted (ris.common.claims says why).
+    # be inserted (ris.workers.claims says why).
     scope = claim_scope(store_identity(ctx.settings), chunk.collection or ctx.settings.collection)
     with ctx.claims.holding(scope, ids.values(), new_owner(self.request.id)) as held:
         return _ingest(self, ctx, chunk, ids, held)
@@ -283,7 +283,7 @@ def _ingest(
     retried = self.request.retries or (self.request.delivery_info or {}).get("redelivered")
     new_ids = set() if retried else {ids[r.key] for r in results if ids[r.key] not in stored}
     try:
-        held.write(store, rows, new_ids)  # fenced: ris.common.claims
+        held.write(store, rows, new_ids)  # fenced: ris.workers.claims
         # Same content under a new stat (touched, copied back): remember the new stat.
         store.refresh_stats(
             {

@@ -11,13 +11,10 @@ from __future__ import annotations
 import glob
 import os
 
+from ris.common.errors import AccessError
 from ris.common.settings import Settings
 from ris.common.sources import SourceError, check_allowed, read_source, url_allowed
 from ris.producer.inputs import URL_SCHEMES
-
-
-class AccessError(PermissionError):
-    """A path or URL the API will not open; the message says why."""
 
 
 def is_url(source: str) -> bool:

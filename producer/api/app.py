@@ -18,11 +18,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from ris.common.errors import CollectionNotFoundError
 from ris.common.filters import FilterError, SearchFilter
 from ris.common.images import ImageError
 from ris.common.settings import Settings
 from ris.common.sources import SourceError
-from ris.common.store import CollectionNotFoundError, ImageStore, milvus_client
+from ris.common.store import BoundedClient, ImageStore
 from ris.producer.api.access import AccessError, check_source, read_checked
 from ris.producer.api.imaging import TooLarge, check_image, full_size, thumbnail
 from ris.producer.api.schemas import (
@@ -366,7 +367,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         except redis.RedisError as exc:
             redis_ok, errors["redis"] = False, str(exc)
         try:
-            client = milvus_client(settings, create=False)
+            client = BoundedClient(settings, create=False)
             try:
                 client.list_collections()
             finally:

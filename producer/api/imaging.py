@@ -6,14 +6,11 @@ import io
 
 from PIL import Image
 
+from ris.common.errors import TooLarge
 from ris.common.images import ImageError, open_rgb
 
 # Formats a browser shows as they are; anything else is re-encoded to PNG.
 _WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
-
-
-class TooLarge(ImageError):
-    """An image over the pixel limit."""
 
 
 def check_image(data: bytes, max_pixels: int) -> None:

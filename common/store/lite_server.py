@@ -33,16 +33,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ris.common.errors import LiteServerError
+
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 30.0
 # How long a new wrapper waits for the lock of an engine that is still shutting down.
 _LOCK_WAIT_S = 10.0
 _PR_SET_PDEATHSIG = 1
-
-
-class LiteServerError(RuntimeError):
-    """A Milvus Lite server could not be started or reached; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +199,7 @@ def ensure_lite_server(
         address = previous
         log_file = _side_file(db, "server.log")
         offset = log_file.stat().st_size if log_file.exists() else 0
-        cmd = [sys.executable, "-m", "ris.common.lite_server", str(db), address]
+        cmd = [sys.executable, "-m", "ris.common.store.lite_server", str(db), address]
         if registry is not None:
             cmd.append(str(registry))
         with open(log_file, "ab") as out:
@@ -268,7 +266,7 @@ def list_lite_servers(registry: Path) -> list[LiteServer]:
     return found
 
 
-# --- the wrapper process: python -m ris.common.lite_server DB ADDRESS [REGISTRY] ----------------
+# --- the wrapper process: python -m ris.common.store.lite_server DB ADDRESS [REGISTRY] ---
 def _take_engine_lock(db: Path) -> int:
     """The exclusive engine lock of ``db``; waits briefly for an engine that is shutting down."""
     fd = os.open(_side_file(db, "engine.lock"), os.O_RDWR | os.O_CREAT, 0o644)

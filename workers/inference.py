@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ris.common.models import Embedder, model_key
 from ris.common.settings import Settings
+from ris.workers.embedder import Embedder, model_key
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from ris.common.errors import RedisUnavailable
+
 
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     """True when a Redis server answers PING at ``url``."""
@@ -38,17 +40,17 @@ def public_url(url: str) -> str:
 
 
 def check_redis(url: str, timeout_s: float) -> None:
-    """Raise ConnectionError with a one-line reason unless Redis at ``url`` answers a PING
+    """Raise RedisUnavailable with a one-line reason unless Redis at ``url`` answers a PING
     within ``timeout_s`` (a command fails fast instead of retrying for a minute)."""
     client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         client.ping()
     except redis.AuthenticationError as exc:
-        raise ConnectionError(
+        raise RedisUnavailable(
             f"Redis at {public_url(url)} refused the credentials: {exc}"
         ) from None
     except (redis.RedisError, OSError) as exc:
-        raise ConnectionError(
+        raise RedisUnavailable(
             f"Redis at {public_url(url)} is unreachable ({exc}); is it running? (RIS_REDIS_URL)"
         ) from None
     finally:

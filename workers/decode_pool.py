@@ -32,8 +32,8 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from ris.common.loading import Item, Loaded, load
 from ris.common.settings import Settings
+from ris.workers.loading import Item, Loaded, load
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _run(
 def load_in_processes(
     items: Sequence[Item], settings: Settings, size: int, processes: int, group: int = 16
 ) -> list[Loaded]:
-    """:func:`ris.common.loading.load` of each item in the worker's decoding processes, in
+    """:func:`ris.workers.loading.load` of each item in the worker's decoding processes, in
     ``group``-item round trips, all at once.
 
     A process that dies (a file that crashes the decoder, or a kill) breaks the pool: it is

@@ -12,7 +12,7 @@ would be applied first and leave two rows).
 A chunk never waits while it holds claims (it writes and releases what it got first, then
 takes the rest all at once or not at all): two chunks with overlapping ids cannot deadlock.
 
-Claims are leases (:mod:`ris.common.leases`): each lives ``RIS_LEASE_S`` unless its holder's
+Claims are leases (:mod:`ris.workers.leases`): each lives ``RIS_LEASE_S`` unless its holder's
 process renews it, so a killed, frozen or cut-off holder frees its ids within one lease. Each
 execution of a chunk claims under an owner token of its own, so a lapsed claim can never be
 renewed or retaken as if it had been held all along.
@@ -48,7 +48,7 @@ import redis
 
 from ris.common.contracts import ImageRow
 from ris.common.jobs import CONNECTION_ERRORS
-from ris.common.leases import Periodic
+from ris.workers.leases import Periodic
 
 log = logging.getLogger(__name__)
 

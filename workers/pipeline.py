@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from ris.common import decode_pool
-from ris.common.inference import InferenceEngine, get_engine
-from ris.common.loading import Item, Loaded, Stat, load
 from ris.common.models import get_spec
 from ris.common.settings import Settings
+from ris.workers.inference import InferenceEngine, get_engine
+from ris.workers.loading import Item, Loaded, Stat, load
 
 # towhee logs every node start at INFO, once per call.
 logging.getLogger("towhee").setLevel(logging.WARNING)
@@ -118,7 +118,7 @@ def _register() -> None:
 
 
 class EmbeddingPipeline:
-    """Embeds :class:`~ris.common.loading.Item` s; the model is loaded once per process."""
+    """Embeds :class:`~ris.workers.loading.Item` s; the model is loaded once per process."""
 
     def __init__(self, settings: Settings) -> None:
         from towhee import ops, pipe

@@ -2,7 +2,7 @@
 ones, read its bytes (unless given), hash them, skip it when the stored hash matches, decode it.
 What a decoding process (or thread) does, in one place: none of it runs on the worker's GIL.
 
-A GPU worker runs this in processes (``ris.common.decode_pool``): reading, hashing and decoding
+A GPU worker runs this in processes (``ris.workers.decode_pool``): reading, hashing and decoding
 would otherwise take the worker's GIL away from the loop that feeds the GPU. A file is held
 only while it is decoded, so a worker's memory is bounded by its decoders, not by its files.
 """
@@ -43,7 +43,7 @@ class Loaded:
     pixels: np.ndarray | None = None  # uint8 (S, S, 3)
     width: int = 0  # of the original, upright
     height: int = 0
-    # Where the pixels wait in the decoding processes' shared memory (ris.common.decode_pool)
+    # Where the pixels wait in the decoding processes' shared memory (ris.workers.decode_pool)
     slot: int = -1
     unchanged: bool = False
     error: str | None = None
