@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ris.common.errors import SyncError
 from ris.common.store import ImageStore, path_id
 from ris.producer.inputs import walk_folder
+
+if TYPE_CHECKING:
+    from ris.producer.client import Producer
 
 
 @dataclass
@@ -95,3 +99,26 @@ def stat_note(plan: SyncPlan) -> str | None:
         f"{plan.without_stat} rows have no stored size/mtime (collection created before them): "
         "their files are hashed on every sync; `ris drop --yes` and ingest again to store them"
     )
+
+
+@dataclass
+class SyncResult:
+    """What :func:`apply_sync` did: rows deleted, and the ingest job of the files to index
+    (None when there were none)."""
+
+    deleted: int
+    job_id: str | None
+
+
+def apply_sync(
+    producer: Producer, store: ImageStore, plan: SyncPlan, queue: str, collection: str | None
+) -> SyncResult:
+    """Carry out ``plan``: delete the rows of files gone, enqueue the new and changed files
+    (the CLI and the API both sync through here)."""
+    deleted = store.delete_ids(plan.gone) if plan.gone else 0
+    job_id = (
+        producer.ingest(plan.to_index, queue=queue, collection=collection)
+        if plan.to_index
+        else None
+    )
+    return SyncResult(deleted, job_id)
