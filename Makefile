@@ -21,6 +21,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The tests that need no service (no Redis, worker or Milvus): `pytest -m unit`, in seconds.
 unit: install

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from ris.common.contracts import INGEST_TASK, IngestChunk
-from ris.common.jobs import job_key
+from ris.common.jobs import job_key, text
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -89,7 +89,7 @@ class ChunkLedger:
 
     # --- worker -----------------------------------------------------------------------------
     def is_done(self, job_id: str, number: int) -> bool:
-        return bool(self.r.sismember(job_key(job_id, "done"), number))
+        return bool(self.r.sismember(job_key(job_id, "done"), str(number)))
 
     def hold(self, chunks: Iterable[tuple[str, int, str]], holder: str) -> None:
         """Hold ``(job_id, number, task_id)`` chunks under leases of this worker's."""
@@ -123,7 +123,7 @@ class ChunkLedger:
     # --- recovery ---------------------------------------------------------------------------
     def held(self, job_id: str) -> dict[str, bool]:
         """``task_id -> lease alive`` for every chunk of the job a worker took."""
-        task_ids = [t.decode() for t in self.r.hkeys(job_key(job_id, "held"))]
+        task_ids = [text(t) for t in self.r.hkeys(job_key(job_id, "held"))]
         if not task_ids:
             return {}
         alive = self.r.exists(*(self.lease_key(t) for t in task_ids))

@@ -21,6 +21,11 @@ _PREFIX = "ris:job:"
 RUNNING_KEY = "ris:jobs:running"
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients here return bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def job_key(job_id: str, part: str = "") -> str:
     """The Redis key of ``job_id`` (its hash), or of one of its parts (``indexed``,
     ``chunks``...): every key of a job is named here."""
@@ -154,7 +159,7 @@ class JobTracker:
 
     def running(self) -> list[str]:
         """Ids of the jobs not yet seen finished (by :meth:`forget_running`)."""
-        return sorted(m.decode() for m in self.r.smembers(RUNNING_KEY))
+        return sorted(text(m) for m in self.r.smembers(RUNNING_KEY))
 
     def forget_running(self, job_id: str) -> None:
         """Take a finished (or expired) job off the running list."""
@@ -240,4 +245,4 @@ class JobTracker:
     def failures(self, job_id: str) -> dict[str, str]:
         """``path -> reason`` for every failed path of the job."""
         raw = self.r.hgetall(self._keys(job_id)[3])
-        return {k.decode(): v.decode() for k, v in sorted(raw.items())}
+        return {text(k): text(v) for k, v in sorted(raw.items())}

@@ -372,10 +372,8 @@ class Producer:
             except QueryError as exc:
                 submitted.append((path, None, str(exc)))
         results = []
-        for path, task_id, err in submitted:
-            res = (
-                self.collect(task_id, timeout_s, path) if task_id else QueryResult(path, error=err)
-            )
+        for path, sent, err in submitted:
+            res = self.collect(sent, timeout_s, path) if sent else QueryResult(path, error=err)
             results.append(res)
             if on_result:
                 on_result(res)

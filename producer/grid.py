@@ -39,7 +39,7 @@ def draw_grid(
     font = ImageFont.load_default(size=13)
     rows: list[list[tuple[str | None, str]]] = []
     for res in results:
-        cells = [(res.query, f"query: {os.path.basename(res.query)}")]
+        cells: list[tuple[str | None, str]] = [(res.query, f"query: {os.path.basename(res.query)}")]
         cells += [
             (h.path, f"#{rank} {h.score:.3f}  {os.path.basename(h.path or '?')}")
             for rank, h in enumerate(res.hits, 1)

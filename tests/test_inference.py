@@ -269,7 +269,7 @@ def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     import os
     import signal
 
-    from ris.common import decode_pool
+    from ris.workers import decode_pool
     from ris.workers.loading import load
 
     settings = get_settings()
@@ -301,7 +301,7 @@ def test_stuck_decoding_processes_are_a_timeout_and_replaced(items: list[Item]) 
     import os
     import signal
 
-    from ris.common import decode_pool
+    from ris.workers import decode_pool
 
     settings = get_settings().model_copy(update={"task_soft_time_limit_s": 2.0})
     paths = [Item(item.key) for item in items]

@@ -89,7 +89,7 @@ class Embedder:
         if cuda:
             # uint8 NHWC images permuted to NCHW are channels-last already: no copy, and the
             # layout cuDNN's tensor-core convolutions prefer.
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         pinned: list[torch.Tensor] = []  # a page-locked host buffer, grown to the largest batch

@@ -21,7 +21,7 @@ class Periodic:
     """Calls ``beat`` every ``period_s`` on a daemon thread of this process (a renewal, or the
     recovery's check), started on the first :meth:`start` or :meth:`wake` in each process."""
 
-    def __init__(self, name: str, period_s: float, beat: Callable[[], None]) -> None:
+    def __init__(self, name: str, period_s: float, beat: Callable[[], object]) -> None:
         self.name, self.period_s, self._beat = name, period_s, beat
         self._pid = 0
         self._lock = threading.Lock()

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ris.common import decode_pool
 from ris.common.models import get_spec
 from ris.common.settings import Settings
+from ris.workers import decode_pool
 from ris.workers.inference import InferenceEngine, get_engine
 from ris.workers.loading import Item, Loaded, Stat, load
 
@@ -79,7 +79,8 @@ class EmbedOp:
     def __call__(self, groups: Sequence[list[Loaded]]) -> list[EmbedResult]:
         loaded = [item for group in groups for item in group]
         images = [x for x in loaded if x.pixels is not None]
-        vectors = self.engine.embed(np.stack([x.pixels for x in images])) if images else []
+        pixels = [x.pixels for x in images if x.pixels is not None]
+        vectors = list(self.engine.embed(np.stack(pixels))) if pixels else []
         by_key = {
             x.key: EmbedResult(x.key, x.sha256, vec, x.width, x.height, stat=x.stat)
             for x, vec in zip(images, vectors, strict=True)

@@ -27,7 +27,7 @@ from celery import Celery
 
 from ris.common.chunks import ChunkLedger, send_chunk
 from ris.common.contracts import IngestChunk
-from ris.common.jobs import JobProgress, JobTracker
+from ris.common.jobs import JobProgress, JobTracker, text
 from ris.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,10 @@ class Recovery:
         now = int(self.r.time()[0])
         raw = self.r.hget(SEEN_KEY, job_id)
         value = f"{progress.processed}:{now}"
-        if raw is None or raw.decode().split(":")[0] != str(progress.processed):
+        if raw is None or text(raw).split(":")[0] != str(progress.processed):
             self.r.hset(SEEN_KEY, job_id, value)
             return False
-        since = int(raw.decode().split(":")[1])
+        since = int(text(raw).split(":")[1])
         if not progress.enqueue_finished or now - since < self.settings.stall_check_s:
             return False
         if self._queued(progress.queue):

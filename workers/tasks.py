@@ -331,8 +331,8 @@ def search(self: WorkerTask, request: SearchRequest) -> SearchAnswer:
         return SearchAnswer(query=name, error=f"bad filter: {exc}")
     started = time.perf_counter()
     result = ctx.pipeline([Item(name, base64.b64decode(request.image_b64))])[0]
-    if result.error is not None:
-        return SearchAnswer(query=name, error=result.error)
+    if result.error is not None or result.vector is None:
+        return SearchAnswer(query=name, error=result.error or "not embedded")
     embedded = time.perf_counter()
     try:
         store = ctx.stores.get(request.collection, create=False)  # a search never creates one

@@ -291,7 +291,9 @@ class ImageStore:
     def index(self) -> dict[str, Any]:
         """The vector index as Milvus reports it (type, metric and build parameters)."""
         desc = self.client.describe_index(self.name, "vector")
-        head = {k: desc.pop(k) for k in ("index_type", "metric_type", "state") if k in desc}
+        head: dict[str, Any] = {
+            k: desc.pop(k) for k in ("index_type", "metric_type", "state") if k in desc
+        }
         for k in ("dim", "field_name", "index_name"):
             desc.pop(k, None)
         return {**head, "params": {k: v for k, v in desc.items() if not k.endswith("rows")}}
