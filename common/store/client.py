@@ -22,6 +22,7 @@ from pymilvus.milvus_client.index import IndexParams
 
 from ris.common.contracts import ImageRow
 from ris.common.errors import CollectionNotFoundError, MilvusConnectError
+from ris.common.metrics import MILVUS_ERRORS
 from ris.common.settings import Settings
 from ris.common.store.identity import milvus_uri
 from ris.common.store.write import write_rows
@@ -80,6 +81,7 @@ class BoundedClient:
         try:
             return run(self.raw)
         except MilvusException as exc:
+            MILVUS_ERRORS.inc()
             if not self._lite_engine_gone():
                 log.warning("Milvus %s on %s failed: %s", name, self.settings.milvus_uri, exc)
                 raise

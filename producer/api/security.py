@@ -1,14 +1,12 @@
-"""The API's guards: the bearer token, the exposure check at start and the request-body limit."""
+"""The API's guards: the bearer token, the exposure check at start and the request-body limit
+(the route-level token check is ``deps.require_token``)."""
 
-# No `from __future__ import annotations`: FastAPI must resolve the guard's annotation, which
-# names a local variable.
+from __future__ import annotations
+
 import json
 import secrets
-from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import Depends, HTTPException
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.common.settings import Settings
@@ -31,28 +29,11 @@ def bearer_matches(header: bytes, token: bytes) -> bool:
     return scheme.lower() == b"bearer" and secrets.compare_digest(given.strip(), token)
 
 
-def _unauthorized() -> HTTPException:
+def unauthorized() -> HTTPException:
+    """The 401 of a request without the right bearer token."""
     return HTTPException(
         401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
     )
-
-
-def token_guard(settings: Settings) -> Callable[..., None]:
-    """A route dependency demanding ``Authorization: Bearer <RIS_API_TOKEN>`` when a token is
-    set; it also declares the scheme in the OpenAPI document."""
-    bearer = HTTPBearer(auto_error=False, description="RIS_API_TOKEN")
-    token = settings.api_token.get_secret_value().encode() if settings.api_token else None
-
-    def guard(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if token is None:
-            return
-        given = credentials.credentials.encode() if credentials else b""
-        if not bearer_matches(b"Bearer " + given, token):
-            raise _unauthorized()
-
-    return guard
 
 
 class TokenGate:

@@ -1,0 +1,76 @@
+"""A real ``ris serve`` process for the tests: started on a free port, reached over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.helpers import ROOT, free_port
+
+
+@dataclass
+class Server:
+    """A running ``ris serve`` process and how to reach it."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    token: str | None = None
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def call(self, method: str, path: str, auth: bool = True, **kw: Any) -> requests.Response:
+        headers = dict(kw.pop("headers", {}))
+        if auth and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return self.session.request(
+            method, self.url + path, headers=headers, timeout=kw.pop("timeout", 120), **kw
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def launch(host: str, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    full_env = {**os.environ, "RIS_API_HOST": host, "RIS_API_PORT": str(port), **env}
+    out = open(log, "ab")  # noqa: SIM115 (the child keeps it)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ris.producer.cli", "serve"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    return proc, port
+
+
+def start_server(
+    host: str, log: Path, env: dict[str, str], connect_host: str | None = None
+) -> Server:
+    """Start ``ris serve`` and wait until it answers."""
+    proc, port = launch(host, log, env)
+    server = Server(f"http://{connect_host or host}:{port}", proc, log, env.get("RIS_API_TOKEN"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ris serve exited {proc.returncode}: {log.read_text()}")
+        try:
+            if server.call("GET", "/api/config", timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"ris serve did not answer within 120 s: {log.read_text()}")
