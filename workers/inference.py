@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ris.common.metrics import MODEL_BATCH_SIZE
 from ris.common.settings import Settings
 from ris.workers.embedder import Embedder, model_key
 
@@ -138,6 +139,8 @@ class InferenceEngine:
                 r.done.set_exception(exc)
             return
         self.batches += 1
+        for i in range(0, len(images), self.batch_size):
+            MODEL_BATCH_SIZE.observe(min(self.batch_size, len(images) - i))
         offset = 0
         for r in requests:
             r.done.set_result(vectors[offset : offset + len(r.images)])

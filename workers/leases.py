@@ -14,6 +14,9 @@ import os
 import threading
 from collections.abc import Callable
 
+from ris.common.jobs import CONNECTION_ERRORS
+from ris.common.metrics import REDIS_ERRORS
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +53,10 @@ class Periodic:
         while not self._stop.is_set():
             try:
                 self._beat()
-            except Exception:  # the thread outlives any one failure; the next period retries
+            except CONNECTION_ERRORS as exc:  # Redis unreachable: the next period retries
+                REDIS_ERRORS.inc()
+                log.warning("%s: %s", self.name, exc)
+            except Exception:  # the thread outlives any one failure
                 log.exception("%s failed", self.name)
             self._wake.wait(self.period_s)
             self._wake.clear()

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 
 from ris.common.celery_app import make_app
 from ris.common.settings import Settings, is_gpu_queue
 
 log = logging.getLogger(__name__)
+
+
+def _metrics_folder() -> None:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` where this worker's processes write their
+    metrics and its main process reads them summed. Set before anything imports
+    prometheus_client (``ris.common.metrics``): it picks its storage at import."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="ris-metrics-")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
 def run_worker(
@@ -30,12 +43,14 @@ def run_worker(
     if any(map(is_gpu_queue, queues)) and settings.device != "cuda":
         # A gpu-queue worker that silently ran on the CPU would hide a misconfiguration.
         raise SystemExit("a gpu-queue worker needs RIS_DEVICE=cuda (and a CUDA device)")
+    if settings.metrics_port:
+        _metrics_folder()
     from ris.workers.duties import duties_step
     from ris.workers.tasks import register_tasks
 
     app = make_app(settings)
     runtime = register_tasks(app, settings)
-    # Holding its chunks under leases, and its turn at recovering lost ones.
+    # Holding its chunks under leases, its turn at recovering lost ones, and /metrics.
     app.steps["worker"].add(duties_step(settings))
     if settings.worker_pool == "threads":
         # One process: the model on its own thread, tasks on --concurrency threads, decoding

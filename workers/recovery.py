@@ -28,6 +28,7 @@ from celery import Celery
 from ris.common.chunks import ChunkLedger, send_chunk
 from ris.common.contracts import IngestChunk
 from ris.common.jobs import JobProgress, JobTracker, text
+from ris.common.metrics import CHUNKS
 from ris.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class Recovery:
             return 0
         send_chunk(self.app, chunk.model_copy(update={"paths": missing}), progress.queue, True)
         self.tracker.add_resent(chunk.job_id, len(missing))
+        CHUNKS.labels("resent").inc()
         log.warning(
             "job %s: chunk #%s: %s: sent %d paths again", chunk.job_id, chunk.number, why,
             len(missing),

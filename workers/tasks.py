@@ -24,6 +24,7 @@ from celery.worker.request import Request
 from pydantic import ValidationError
 from pymilvus.exceptions import MilvusException
 
+from ris.common import metrics
 from ris.common.chunks import ChunkLedger
 from ris.common.contracts import (
     DUPLICATES_TASK,
@@ -113,6 +114,8 @@ def _record_chunk_failure(
     log.error(
         "chunk of job %s failed for good (%d paths): %s", chunk.job_id, len(chunk.paths), reason
     )
+    metrics.CHUNKS.labels("failed").inc()
+    metrics.count_outcomes(0, 0, [reason] * len(chunk.paths))
     try:
         tracker.mark(chunk.job_id, [], [], dict.fromkeys(chunk.paths, reason))
         if chunk.number is not None:
@@ -151,12 +154,20 @@ class IngestTask(WorkerTask):
         if chunk and number is not None and ledger.is_done(chunk.job_id, number):
             log.info("job %s: chunk %s already done: skipped", chunk.job_id, self.request.id)
             ledger.finish(chunk.job_id, number, self.request.id)  # drops this copy's hold
+            metrics.CHUNKS.labels("skipped").inc()
             skipped = ChunkOutcome(job_id=chunk.job_id, skipped="chunk already done")
             return skipped.model_dump(mode="json")
         result = super().__call__(*args, **kwargs)
         if chunk and number is not None:
             ledger.finish(chunk.job_id, number, self.request.id)
+        metrics.CHUNKS.labels("done").inc()
         return result
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        metrics.CHUNKS.labels("retried").inc()
+        _count_error(exc)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -171,6 +182,15 @@ class IngestTask(WorkerTask):
             reason = f"not indexed: {type(exc).__name__}: {exc}"
         ctx = self.runtime.context()
         _record_chunk_failure(ctx.tracker, ctx.ledger, chunk, task_id, reason)
+        _count_error(exc)
+
+
+def _count_error(exc: BaseException) -> None:
+    """Count a Milvus or Redis failure that cost a chunk a retry (or its last one)."""
+    if isinstance(exc, (MilvusException, grpc.RpcError)):
+        metrics.MILVUS_ERRORS.inc()
+    elif isinstance(exc, CONNECTION_ERRORS):
+        metrics.REDIS_ERRORS.inc()
 
 
 def register_tasks(app: Celery, settings: Settings) -> Runtime:
@@ -256,7 +276,7 @@ def _ingest(
     results = ctx.pipeline(
         [Item(p, None, known_sha.get(ids[p]), known_stat.get(ids[p])) for p in paths]
     )
-    spent["load+embed"] = time.perf_counter() - started - spent["lookup"]
+    spent["read_decode_embed"] = time.perf_counter() - started - spent["lookup"]
     retry = [r for r in results if r.retryable]
     if retry:  # a URL that could not be fetched: the whole chunk is tried again later
         raise OSError(f"{retry[0].key}: {retry[0].error}")
@@ -295,11 +315,14 @@ def _ingest(
     except RETRYABLE:
         ctx.stores.forget()
         raise
-    spent["upsert"] = time.perf_counter() - started - sum(spent.values())
+    spent["milvus_write"] = time.perf_counter() - started - sum(spent.values())
     indexed = [r.path for r in rows]
     unchanged = [r.key for r in results if r.unchanged]
     failed = {r.key: str(r.error) for r in results if r.error is not None}
     ctx.tracker.mark(job_id, indexed, unchanged, failed)
+    metrics.count_outcomes(len(indexed), len(unchanged), list(failed.values()))
+    for stage, seconds in spent.items():
+        metrics.STAGE_SECONDS.labels(stage).observe(seconds)
     for path, reason in failed.items():
         log.warning("job %s: %s: %s", job_id, path, reason)
     log.info(
