@@ -43,7 +43,9 @@ class BoundedClient:
     def __init__(self, settings: Settings, create: bool = True) -> None:
         self.settings = settings
         self._create = create
-        self._timeout = float(settings.milvus_timeout_s)
+        # An int: pymilvus bounds its own retries by the timeout only when it is an int (a
+        # float one leaves them counted, for minutes against a dead server).
+        self._timeout = int(settings.milvus_timeout_s)
         self.raw = self._connect()  # the pymilvus client: benchmarks and tests only
 
     def _connect(self) -> MilvusClient:
