@@ -19,9 +19,9 @@ class RisError(Exception):
 
 # --- what the user gave ------------------------------------------------------------------------
 class InvalidInput(RisError, ValueError):
-    """A request that cannot be carried out as given (bad image, filter, path, dataset...)."""
+    """A request that cannot be carried out as given (bad image, filter, path, dataset...).
+    Exit 1 as every failed command (2 is the command line's own usage errors)."""
 
-    exit_code = 2
     http_status = 422
 
 

@@ -170,3 +170,19 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily(
             "ris_paths_pending", "Paths of running jobs not processed yet.", value=pending
         )
+
+
+def serve_queue_gauges(settings: Settings, address: str = "0.0.0.0") -> None:
+    """``ris metrics``: serve the queue and job gauges on ``RIS_METRICS_EXPORTER_PORT`` until
+    stopped (what an autoscaler or an alert reads while no worker runs)."""
+    import time
+
+    from prometheus_client import start_http_server
+
+    from ris.common.jobs import redis_client
+
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(redis_client(settings), settings))
+    start_http_server(settings.metrics_exporter_port, addr=address, registry=registry)
+    while True:
+        time.sleep(3600)

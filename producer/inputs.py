@@ -210,3 +210,11 @@ def _expand_one(raw: str, visited: set[DirKey]) -> Iterator[str]:
         yield from _read_list(Path(path))
     else:
         yield os.path.abspath(path)
+
+
+def absolute_prefix(prefix: str) -> str:
+    """A path prefix made absolute, keeping a trailing slash ("dir/": that folder only, not
+    "dir2"); a URL prefix as given."""
+    if "://" in prefix:
+        return prefix
+    return os.path.abspath(prefix) + ("/" if prefix.endswith("/") else "")

@@ -7,7 +7,9 @@ scrapes a worker and ``ris serve`` during an ingest."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tempfile
 import urllib.request
 import uuid
@@ -21,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ris.common.metrics import reason_class
 from ris.producer.client import Producer
 from tests.api_server import Server, start_server
-from tests.helpers import free_port, settings_for, stop_worker, wait_until
+from tests.helpers import ROOT, free_port, settings_for, stop_worker, wait_until
 
 
 @pytest.mark.unit
@@ -157,6 +159,40 @@ def test_the_queue_gauge_is_the_redis_list_length_while_no_worker_consumes_it(
     finally:
         producer.tracker.r.delete(IDLE)
         producer.tracker.forget_running(job)
+
+
+def test_ris_metrics_serves_the_queue_gauges_with_no_worker_and_no_api(
+    metrics_worker: tuple[int, dict[str, str]], photos: Path, tmp_path: Path
+) -> None:
+    """The exporter role (`ris metrics`) alone: ``ris_queue_messages`` of the idle queue is
+    its LLEN."""
+    _, env = metrics_worker
+    port = free_port()
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "ris.producer.cli", "metrics", "--host", "127.0.0.1"],
+        cwd=ROOT,
+        env={**os.environ, **env, "RIS_METRICS_EXPORTER_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    producer = Producer(settings_for({**env, "RIS_CHUNK_SIZE": "3"}))
+    job = producer.ingest(sorted(str(p) for p in photos.iterdir())[:6], queue=IDLE)
+    try:
+        found = wait_until(lambda: _scrape_or_none(port), 60, "ris metrics answering")
+        assert found[f"ris_queue_messages{{queue={IDLE}}}"] == producer.tracker.r.llen(IDLE) == 2
+        assert found["ris_paths_pending{}"] >= 6
+    finally:
+        exporter.terminate()
+        exporter.wait(20)
+        producer.tracker.r.delete(IDLE)
+        producer.tracker.forget_running(job)
+
+
+def _scrape_or_none(port: int) -> dict[str, float] | None:
+    try:
+        return scrape(port)
+    except OSError:
+        return None
 
 
 def test_a_real_prometheus_scrapes_the_worker_and_the_api(
