@@ -81,9 +81,6 @@ KNOWN_LABELS = {
     "job",
     "instance",
 }
-# Settings the metrics code adds with the endpoints (issue 25); not Settings fields yet.
-METRICS_SETTINGS = {"RIS_METRICS_PORT", "RIS_METRICS_EXPORTER_PORT"}
-
 # KEDA's documented fields: ScaledObject (concepts/scaling-deployments) and the "redis"
 # (Redis Lists) scaler's trigger metadata and authentication parameters (scalers/redis-lists).
 SCALED_OBJECT_SPEC = {
@@ -464,7 +461,7 @@ def test_the_gpu_worker_gets_a_gpu_and_the_cpu_overlay_none(rendered) -> None:
 
 def test_every_ris_variable_is_a_setting(rendered) -> None:
     _, docs = rendered
-    known = {f"RIS_{name.upper()}" for name in Settings.model_fields} | METRICS_SETTINGS
+    known = {f"RIS_{name.upper()}" for name in Settings.model_fields}
     names = set(config_values(docs))
     for deployment in deployments(docs).values():
         names |= {e["name"] for e in container(deployment).get("env", [])}
