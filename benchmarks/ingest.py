@@ -161,12 +161,92 @@ def product_run(
     return out
 
 
+def metrics_cost(cluster: LocalCluster, paths: list[Path], queue: str) -> None:
+    """Fig. 3 with one worker process, its /metrics off (RIS_METRICS_PORT=0) and on,
+    alternated twice; then the time of one scrape of the worker's /metrics after it indexed
+    256 images (median of 50)."""
+    import socket
+    import statistics
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    for label, metrics_port in (("off", 0), ("on", port), ("on", port), ("off", 0)):
+        run = product_run(cluster, paths, 1, {"metrics_port": metrics_port}, queue=queue)
+        rates[label].append(run["rate"])
+        print(f"  fig3, 1 process, metrics {label}: {run['rate']:7.1f} images/s", flush=True)
+    from ris.producer.client import Producer
+
+    producer = Producer(cluster.new_collection())
+    cluster.start_workers(1, queue=queue, metrics_port=port)
+    producer.store_for(None, create=True)
+    producer.wait(producer.ingest((str(p) for p in paths[:256]), queue=queue))
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        size = len(resp.read())
+    times = []
+    for _ in range(50):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            resp.read()
+        times.append((time.perf_counter() - started) * 1000)
+    cluster.stop_workers()
+    per_chunk = _metrics_cost_per_chunk()
+    on, off = statistics.mean(rates["on"]), statistics.mean(rates["off"])
+    print(
+        f"metrics on / off: {on:.1f} / {off:.1f} images/s = {on / off:.3f} (runs: on "
+        f"{rates['on']}, off {rates['off']}); a scrape of the worker's /metrics ({size} bytes, "
+        f"after 256 images): median {statistics.median(times):.2f} ms, max {max(times):.2f} ms; "
+        f"a 64-image chunk's metric updates in a prefork child: {per_chunk * 1e6:.0f} us"
+    )
+
+
+# What a worker's child does for one 64-image chunk: the counters, three stage timings, and
+# 16 model batches of 4 (prefork children write to memory-mapped files).
+_CHUNK_UPDATES = """
+import os, sys, tempfile, time
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+from ris.common import metrics
+def chunk():
+    metrics.count_outcomes(62, 1, ["not an image (unrecognised format)"])
+    metrics.CHUNKS.labels("done").inc()
+    for stage in ("lookup", "read_decode_embed", "milvus_write"):
+        metrics.STAGE_SECONDS.labels(stage).observe(0.1)
+    for _ in range(16):
+        metrics.MODEL_BATCH_SIZE.observe(4)
+chunk()
+n = 2000
+started = time.perf_counter()
+for _ in range(n):
+    chunk()
+print((time.perf_counter() - started) / n)
+"""
+
+
+def _metrics_cost_per_chunk() -> float:
+    """Seconds of one chunk's metric updates, in a process writing as a prefork child does."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", _CHUNK_UPDATES], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--baseline-images", type=int, default=300)
     parser.add_argument("--ceiling-images", type=int, default=512)
     parser.add_argument("--memory-images", type=int, default=10000, help="0 skips the long run")
+    parser.add_argument(
+        "--metrics-cost",
+        action="store_true",
+        help="also fig. 3 (one worker process) with the worker's /metrics off and on, "
+        "alternated twice, and the time of one scrape",
+    )
     parser.add_argument(
         "--queue",
         default="cpu",
@@ -197,6 +277,8 @@ def main() -> int:
         for n, extra in configs.items():
             fig3[n] = product_run(cluster, paths[: args.images], n, extra, queue=args.queue)
             print(f"  fig3, {n} worker process(es): {fig3[n]['rate']:7.1f} images/s", flush=True)
+        if args.metrics_cost:
+            metrics_cost(cluster, paths[: args.images], args.queue)
         long_run = None
         if args.memory_images:
             long_run = product_run(

@@ -4,9 +4,10 @@ time of one chunk's lease round trips.
     python benchmarks/redis_calls.py [--images 1280] [--chunk 64] [--repeat 500]
 
 Part 1 runs ``ris ingest`` of ``--images`` photo-like JPEGs through one real worker (every
-setting at its default) against a private Redis and counts the commands Redis served
-(``INFO commandstats``, reset before the job), per chunk and by command. Run it in a checkout
-of an earlier commit too (copy this file there) to see what a change adds.
+setting at its default) against a private Redis and counts, per chunk: the round trips clients
+made (``MONITOR``, by command, scripts counted once) and every command Redis ran, those run
+inside scripts included (``INFO commandstats``). Run it in a checkout of an earlier commit too
+(copy this file there) to see what a change adds.
 
 Part 2 (this tree only) times one chunk's lease round trips, as the claims' 1.1 ms was
 measured: the producer's record, the worker's hold, the done check, the row claims' take,
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,8 +38,13 @@ def commandstats(client: object) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
 
-def ingest_commands(cluster: LocalCluster, paths: list[Path]) -> tuple[int, dict[str, int]]:
-    """Chunks of one ``ris ingest`` and the Redis commands it took, by command."""
+def ingest_commands(
+    cluster: LocalCluster, paths: list[Path]
+) -> tuple[int, Counter[str], dict[str, int]]:
+    """Chunks of one ``ris ingest``, the round trips clients made (by command) and every
+    command Redis ran (by command)."""
+    import redis
+
     from ris.common.jobs import redis_client
     from ris.producer.client import Producer
 
@@ -44,14 +52,31 @@ def ingest_commands(cluster: LocalCluster, paths: list[Path]) -> tuple[int, dict
     producer = Producer(cluster.settings)
     producer.store_for(None, create=True).count()
     client = redis_client(cluster.settings)
+    trips: Counter[str] = Counter()
+    stop = threading.Event()
+    watcher = redis.Redis.from_url(cluster.settings.redis_url.get_secret_value())
+
+    def watch() -> None:
+        with watcher.monitor() as monitor:
+            while not stop.is_set():
+                found = monitor.next_command()
+                if found["client_type"] != "lua":  # a script's own commands are not trips
+                    trips[found["command"].split(" ", 1)[0].lower()] += 1
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    time.sleep(0.5)
     client.config_resetstat()
     job = producer.ingest(str(p) for p in paths)
     progress = producer.wait(job, poll_s=1.0)
     stats = commandstats(client)
+    stop.set()
+    client.ping()  # wakes the monitor to see the stop
+    thread.join(10)
     cluster.stop_workers()
     assert progress.failed == 0, progress
     chunks = -(-len(paths) // cluster.settings.chunk_size)
-    return chunks, stats
+    return chunks, trips, stats
 
 
 def _timed(repeat: int, one: Callable[[int], None]) -> tuple[float, float]:
@@ -121,13 +146,13 @@ def main() -> int:
     paths = benchmark_images(args.images)
     with LocalCluster() as cluster:
         cluster.new_collection(chunk_size=args.chunk)
-        chunks, stats = ingest_commands(cluster, paths)
-        total = sum(stats.values())
+        chunks, trips, stats = ingest_commands(cluster, paths)
         print(f"part 1: {args.images} images, {chunks} chunks of {args.chunk}, one worker")
-        print(f"  Redis commands per chunk: {total / chunks:.1f}")
-        for name, calls in sorted(stats.items(), key=lambda kv: -kv[1]):
-            if calls / chunks >= 0.05:
-                print(f"    {name:<14}{calls / chunks:7.2f}")
+        for label, counts in (("round trips", trips), ("commands run (scripts' included)", stats)):
+            print(f"  Redis {label} per chunk: {sum(counts.values()) / chunks:.1f}")
+            for name, calls in sorted(counts.items(), key=lambda kv: -kv[1]):
+                if calls / chunks >= 0.05:
+                    print(f"    {name:<14}{calls / chunks:7.2f}")
         lease_round_trips(cluster, args.chunk, args.repeat)
     return 0
 
