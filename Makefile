@@ -27,7 +27,7 @@ lint: install
 unit: install
 	$(VENV)/bin/pytest -m unit
 
-# netfilterqueue (packet delay in tests/test_multihost.py) builds against libnetfilter-queue's
+# netfilterqueue (packet delay in tests/system/test_multihost.py) builds against libnetfilter-queue's
 # headers, which .ci/run installs; without them only that test skips, and `make demo` never
 # needs them.
 test: lint

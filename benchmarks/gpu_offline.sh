@@ -13,5 +13,5 @@ export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 RI
 echo "install: $(( $(date +%s) - t0 ))s"; nvidia-smi -L; nproc
 timeout ${BENCH_TIMEOUT:-400} python3 benchmarks/gpu.py --images ${IMAGES:-16000} --budget-s ${BUDGET:-330} --out "$OUT" ${STEPS:+--steps $STEPS} 2>&1 | grep -v -i -E "warn|pkg_resources" | tee "$OUT/bench.log"
 echo "bench done: $(( $(date +%s) - t0 ))s"
-[ "${TEST_TIMEOUT:-120}" = 0 ] || timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q -p no:cacheprovider tests/test_inference.py "tests/test_model_and_store.py::test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32" 2>&1 | tail -15 | tee "$OUT/pytest.log"
+[ "${TEST_TIMEOUT:-120}" = 0 ] || timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q -p no:cacheprovider tests/unit/test_inference_engine.py "tests/unit/test_model_export.py::test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32" 2>&1 | tail -15 | tee "$OUT/pytest.log"
 echo "all done: $(( $(date +%s) - t0 ))s"

@@ -2,7 +2,7 @@
 
 Every field's description, default and accepted values come from ``common/settings.py``
 itself, grouped by the ``# --- section ---`` comments of the class, so the page cannot drift
-from the code: ``tests/test_configuration_doc.py`` fails when the page differs from what this
+from the code: ``tests/unit/test_configuration_docs.py`` fails when the page differs from what this
 renders. Regenerate it with::
 
     python -m ris.common.settings_doc > docs/configuration.md

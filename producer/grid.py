@@ -12,22 +12,29 @@ from ris.common.settings import Settings
 from ris.common.sources import SourceError, read_source
 from ris.producer.client import QueryResult
 
-_TILE = 224
-_CAPTION = 34
-_PAD = 8
+# The layout, in pixels: square tiles, a caption under each, padding around.
+TILE = 224
+CAPTION = 34
+PAD = 8
+TILE_BACKGROUND = (235, 235, 235)
 _MAX_PIXELS = 100_000_000
 
 
+def tile_origin(row: int, column: int) -> tuple[int, int]:
+    """``(x, y)`` of the top-left corner of the tile at ``row``, ``column``."""
+    return PAD + column * (TILE + PAD), PAD + row * (TILE + CAPTION + PAD)
+
+
 def _tile(path: str | None, settings: Settings) -> Image.Image:
-    tile = Image.new("RGB", (_TILE, _TILE), (235, 235, 235))
+    tile = Image.new("RGB", (TILE, TILE), TILE_BACKGROUND)
     if path:
         try:
             # Matches may be URLs as well as local paths.
-            img = open_rgb(read_source(path, settings).data, _MAX_PIXELS, target=_TILE)
-            img.thumbnail((_TILE, _TILE))
-            tile.paste(img, ((_TILE - img.width) // 2, (_TILE - img.height) // 2))
+            img = open_rgb(read_source(path, settings).data, _MAX_PIXELS, target=TILE)
+            img.thumbnail((TILE, TILE))
+            tile.paste(img, ((TILE - img.width) // 2, (TILE - img.height) // 2))
         except (OSError, ImageError, SourceError):
-            ImageDraw.Draw(tile).text((10, _TILE // 2), "(unreadable)", fill=(120, 0, 0))
+            ImageDraw.Draw(tile).text((10, TILE // 2), "(unreadable)", fill=(120, 0, 0))
     return tile
 
 
@@ -45,16 +52,15 @@ def draw_grid(
             for rank, h in enumerate(res.hits, 1)
         ]
         rows += [cells[i : i + columns + 1] for i in range(0, len(cells), columns + 1)]
-    width = (columns + 1) * (_TILE + _PAD) + _PAD
-    height = max(1, len(rows)) * (_TILE + _CAPTION + _PAD) + _PAD
+    width = (columns + 1) * (TILE + PAD) + PAD
+    height = max(1, len(rows)) * (TILE + CAPTION + PAD) + PAD
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for r, cells in enumerate(rows):
-        y = _PAD + r * (_TILE + _CAPTION + _PAD)
         for c, (path, caption) in enumerate(cells):
-            x = _PAD + c * (_TILE + _PAD)
+            x, y = tile_origin(r, c)
             canvas.paste(_tile(path, settings), (x, y))
-            draw.text((x + 2, y + _TILE + 4), caption[:34], fill="black", font=font)
+            draw.text((x + 2, y + TILE + 4), caption[:34], fill="black", font=font)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, wait_until
 
 
 @dataclass
@@ -62,15 +61,40 @@ def start_server(
     """Start ``ris serve`` and wait until it answers."""
     proc, port = launch(host, log, env)
     server = Server(f"http://{connect_host or host}:{port}", proc, log, env.get("RIS_API_TOKEN"))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"ris serve exited {proc.returncode}: {log.read_text()}")
         try:
-            if server.call("GET", "/api/config", timeout=2).status_code == 200:
-                return server
+            return server.call("GET", "/api/config", timeout=2).status_code == 200
         except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"ris serve did not answer within 120 s: {log.read_text()}")
+            return False
+
+    try:
+        wait_until(answers, 120, every_s=0.3)
+    except TimeoutError:
+        server.stop()
+        raise RuntimeError(f"ris serve did not answer within 120 s: {log.read_text()}") from None
+    return server
+
+
+def wait_job(server: Server, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
+    """The job's JSON (``GET /api/jobs/ID``) once it is finished."""
+
+    def finished() -> dict[str, Any] | None:
+        job = server.call("GET", f"/api/jobs/{job_id}").json()
+        return job if job["finished"] else None
+
+    return wait_until(finished, timeout_s, f"job {job_id} finished", every_s=0.5)
+
+
+def wait_task(server: Server, task_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    """The task's JSON (``GET /api/tasks/ID``) once it succeeded or failed."""
+
+    def done() -> dict[str, Any] | None:
+        response = server.call("GET", f"/api/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        task = response.json()
+        return task if task["state"] in ("SUCCESS", "FAILURE") else None
+
+    return wait_until(done, timeout_s, f"task {task_id} done", every_s=0.2)

@@ -1,14 +1,17 @@
 """Real services for the tests: a private Redis, a Milvus Lite file served over gRPC, and real
-``ris worker`` processes. No mocks.
+``ris worker`` processes. No mocks. Also the data both tiers share: the sample photos and what
+is built from them.
 
-Two tiers: tests marked ``unit`` need no service (``pytest -m unit``); every other test is
-marked ``system`` here and gets the session's Redis. Services start on first use, in session
-fixtures, so a unit run starts none: ``pytest_configure`` only picks their addresses and sets
-the RIS_* environment, before any test module imports the Celery app.
+Two tiers, one folder each: tests in ``tests/unit/`` are marked ``unit`` here and need no
+service (``pytest -m unit``); tests in ``tests/system/`` are marked ``system`` and get the
+session's Redis. Services start on first use, in session fixtures, so a unit run starts none:
+``pytest_configure`` only picks their addresses and sets the RIS_* environment, before any test
+module imports the Celery app.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import socket
@@ -16,18 +19,18 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import SecretStr
 
-from tests.helpers import start_worker, stop_worker
+from tests.helpers import Backend, start_worker, stop_worker
 from tests.milvus_server import MilvusServer, MilvusServerUnavailable
 
 if TYPE_CHECKING:  # imported late: the Celery app must see the test environment
     from ris.producer.client import Producer
+    from ris.workers.loading import Item
 
 _STATE: dict[str, object] = {}
 # Fixtures that start a service (or a process that needs one): no unit test may reach them.
@@ -58,14 +61,24 @@ def pytest_configure(config: pytest.Config) -> None:
     _STATE["redis_url"] = url
 
 
+TIERS = {"unit": Path(__file__).parent / "unit", "system": Path(__file__).parent / "system"}
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that is not ``unit`` as ``system``; refuse a unit test that would reach
-    a service fixture."""
+    """Mark each test by its folder (``unit/``: ``unit``, ``system/``: ``system``); refuse a
+    test outside both, a unit test that would reach a service fixture, and a system test
+    marked ``unit``."""
     for item in items:
-        if item.get_closest_marker("unit") is None:
+        tier = next((t for t, folder in TIERS.items() if item.path.is_relative_to(folder)), None)
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit/ or tests/system/")
+        if tier == "system":
+            if item.get_closest_marker("unit") is not None:
+                raise pytest.UsageError(f"system test {item.nodeid} is marked unit")
             item.add_marker(pytest.mark.system)
             continue
+        item.add_marker(pytest.mark.unit)
         reached = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if reached:
             raise pytest.UsageError(f"unit test {item.nodeid} uses {sorted(reached)}")
@@ -149,6 +162,56 @@ def photos(tmp_root: Path) -> Path:
     return sample_photos(tmp_root / "photos")
 
 
+@pytest.fixture(scope="module")
+def photo_items(photos: Path) -> list[Item]:
+    """The photos as the worker's loader takes them: (path, bytes) items, sorted by path."""
+    from ris.workers.loading import Item
+
+    return [Item(str(p), p.read_bytes()) for p in sorted(photos.iterdir())]
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An evaluation data set (``ris eval``) in both layouts, train/ and test/ folders and
+    dataset.csv: three classes, each one photo's variants; four indexed, one query per class."""
+    from PIL import Image, ImageOps
+
+    def variants(img: Image.Image) -> list[Image.Image]:
+        w, h = img.size
+        return [
+            img,
+            ImageOps.mirror(img),
+            img.crop((w // 10, h // 10, w, h)),
+            img.resize((w // 2, h // 2)),
+            ImageOps.mirror(img).crop((0, 0, w * 9 // 10, h * 9 // 10)),
+        ]
+
+    root = tmp_path_factory.mktemp("toy")
+    rows: list[dict[str, object]] = []
+    for label in ("chelsea", "coffee", "rocket"):
+        src = next(photos.glob(f"{label}.*"))
+        with Image.open(src) as img:
+            each = variants(img.convert("RGB"))
+        for i, variant in enumerate(each):
+            split = "test" if i == len(each) - 1 else "train"
+            target = root / split / label / f"{label}_{i}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            variant.save(target, quality=90)
+            rows.append(
+                {
+                    "id": len(rows),
+                    "path": str(target.relative_to(root)),
+                    "label": label,
+                    "split": split,
+                }
+            )
+    with open(root / "dataset.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
 @pytest.fixture(scope="session")
 def producer(redis_url: str) -> Producer:
     from ris.common.settings import get_settings
@@ -169,15 +232,6 @@ def milvus_server(tmp_root: Path) -> Iterator[MilvusServer]:
     server.stop()
     # The server unpacks its 250 MB of binaries into its data folder: do not leave them behind.
     shutil.rmtree(server.root, ignore_errors=True)
-
-
-@dataclass
-class Backend:
-    """One Milvus back end with its own worker: ``env`` points ris processes at it."""
-
-    name: str
-    env: dict[str, str]
-    producer: Producer
 
 
 @pytest.fixture(scope="module", params=["lite", "server"])

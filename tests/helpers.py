@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from ris.common.settings import Settings
+    from ris.producer.client import Producer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +27,16 @@ UNPRIVILEGED: list[str] = (
     else []
 )
 WORKERS_HONOUR_PERMISSIONS = os.geteuid() != 0 or bool(UNPRIVILEGED)
+
+
+@dataclass
+class Backend:
+    """One Milvus back end with its own worker (the ``backend`` fixture): ``env`` points ris
+    processes at it."""
+
+    name: str
+    env: dict[str, str]
+    producer: Producer
 
 
 def start_worker(
@@ -57,7 +69,9 @@ def settings_for(env: dict[str, str] | None) -> Settings:
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], timeout_s: float, what: str = "", every_s: float = 0.1) -> T:
+def wait_until(
+    check: Callable[[], T | None], timeout_s: float, what: str = "", every_s: float = 0.1
+) -> T:
     """``check()``'s first truthy value, asked every ``every_s``; TimeoutError (saying
     ``what``) once ``timeout_s`` passed without one."""
     deadline = time.monotonic() + timeout_s

@@ -13,12 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, wait_until
 
 DEFAULT_ROOT_PASSWORD = "Milvus"
 # Keys of milvus.yaml for every port the server listens on. They are passed with
@@ -84,11 +83,10 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: not _alive(pid), timeout, f"process {pid} gone")
+    except TimeoutError:
+        return False
     return True
 
 
@@ -163,26 +161,29 @@ class MilvusServer:
             raise
 
     def _wait_ready(self, timeout: float) -> None:
-        assert self.wrapper is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.wrapper.poll() is not None:
+        wrapper = self.wrapper
+        assert wrapper is not None
+
+        def ready() -> bool:
+            if wrapper.poll() is not None:
                 raise MilvusServerUnavailable(
-                    f"milvus-server exited {self.wrapper.returncode} (log: {self._log})"
+                    f"milvus-server exited {wrapper.returncode} (log: {self._log})"
                 )
             if self.server_pid is None:
-                self.server_pid = next(iter(_children(self.wrapper.pid)), None)
+                self.server_pid = next(iter(_children(wrapper.pid)), None)
             elif not _alive(self.server_pid):  # the wrapper would wait for it for ever
                 raise MilvusServerUnavailable(
                     f"milvus run standalone exited (logs: {self.data_dir / 'logs'})"
                 )
-            if self.server_pid is not None and self._answers():
-                return
-            time.sleep(1)
-        raise MilvusServerUnavailable(
-            f"Milvus server not answering at {self.uri} after {timeout:.0f} s "
-            f"(log: {self.data_dir / 'logs'})"
-        )
+            return self.server_pid is not None and self._answers()
+
+        try:
+            wait_until(ready, timeout, every_s=1)
+        except TimeoutError:
+            raise MilvusServerUnavailable(
+                f"Milvus server not answering at {self.uri} after {timeout:.0f} s "
+                f"(log: {self.data_dir / 'logs'})"
+            ) from None
 
     def _answers(self) -> bool:
         from pymilvus import MilvusClient

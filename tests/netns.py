@@ -20,11 +20,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
+
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 _CLONE_NEWNET = 0x40000000
@@ -264,14 +265,10 @@ class Hosts:
         hosts = list(self.addresses)
         for host in hosts:
             self.kill_all(host, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(self.pids(h) for h in hosts):
-            time.sleep(0.2)
+        self._wait_empty(hosts, 10)
         for host in hosts:
             self.kill_all(host, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(self.pids(h) for h in hosts):
-            time.sleep(0.2)
+        self._wait_empty(hosts, 10)
         for proc in self._impairers.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
@@ -280,3 +277,8 @@ class Hosts:
         for fh in self._logs:
             fh.close()
         os.close(self._home)
+
+    def _wait_empty(self, hosts: list[str], timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` until no process runs on ``hosts`` (no error after it)."""
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not any(self.pids(h) for h in hosts), timeout_s, every_s=0.2)

@@ -121,7 +121,7 @@ class ImageStore:
             part = rows[start : start + _UPSERT_BATCH]
             # Bounded by the rows written, not 10x the call timeout: a worker cut off by a
             # partition mid-upsert is back within seconds of the heal, not minutes
-            # (tests/test_multihost.py); 2,000 rows took 26-29 s on a loaded 2-core machine.
+            # (tests/system/test_multihost.py); 2,000 rows took 26-29 s on a loaded 2-core machine.
             timeout = self.settings.milvus_timeout_s * (1 + len(part) / 100)
             fresh = [r for r in part if r.id in new_ids]
             rest = [r for r in part if r.id not in new_ids]

@@ -32,7 +32,7 @@ class Entry(NamedTuple):
 
 _P = "ris.producer.cli"
 # Every command, by section of ``ris --help``; the summaries are shown without importing the
-# commands (tests/test_cli.py checks that each matches its command's own help).
+# commands (tests/unit/test_cli.py checks that each matches its command's own help).
 SECTIONS: dict[str, dict[str, Entry]] = {
     "Jobs": {
         "ingest": Entry(

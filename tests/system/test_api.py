@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 
 from ris.common.store import path_id
-from tests.api_server import Server, launch, start_server
+from tests.api_server import Server, launch, start_server, wait_job, wait_task
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -46,28 +46,6 @@ def non_loopback_address() -> tuple[str, str]:
     if address and not address.startswith("127."):
         return address, address
     return "0.0.0.0", "127.0.0.1"
-
-
-def wait_job(server: Server, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = server.call("GET", f"/api/jobs/{job_id}").json()
-        if job["finished"]:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} not finished in {timeout_s} s: {job}")
-
-
-def wait_task(server: Server, task_id: str, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = server.call("GET", f"/api/tasks/{task_id}")
-        assert response.status_code == 200, response.text
-        task = response.json()
-        if task["state"] in ("SUCCESS", "FAILURE"):
-            return task
-        time.sleep(0.2)
-    raise AssertionError(f"task {task_id} not done in {timeout_s} s")
 
 
 def altered_copy(src: Path, dest: Path) -> Path:

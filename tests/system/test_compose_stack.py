@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ROOT, compose_command, free_port
+from tests.helpers import ROOT, compose_command, free_port, wait_until
 
 
 def _engine_answers() -> bool:
@@ -66,15 +65,14 @@ class Stack:
 
     def wait_for_workers(self, n: int, timeout_s: float = 120) -> None:
         """Until Flower (subscribed to events from then on) lists ``n`` workers."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def listed() -> bool:
             try:
-                if len(self.flower("/api/workers?refresh=1").json()) >= n:
-                    return
+                return len(self.flower("/api/workers?refresh=1").json()) >= n
             except (requests.ConnectionError, ValueError):
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"Flower did not list {n} workers within {timeout_s} s")
+                return False
+
+        wait_until(listed, timeout_s, f"Flower listing {n} workers", every_s=1)
 
     def ris(self, *args: str) -> str:
         """A `ris` command in a one-shot producer container."""

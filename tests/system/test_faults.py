@@ -43,17 +43,14 @@ from tests.helpers import (
 
 
 def _wait_port(port: int, up: bool, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-                if up:
-                    return
+                return True
         except OSError:
-            if not up:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not go {'up' if up else 'down'}")
+            return False
+
+    wait_until(lambda: answers() == up, timeout, f"port {port} going {'up' if up else 'down'}")
 
 
 @dataclass
@@ -419,15 +416,14 @@ def test_redis_restart_during_a_job(cluster: Cluster, photos: Path, tmp_path: Pa
     try:
         producer = cluster.producer()
         cli = cluster.ingest_in_background(tmp_path / "imgs", **SMALL_CHUNKS)
-        deadline = time.monotonic() + 60
-        job = None
-        while job is None and time.monotonic() < deadline:
+
+        def running_job() -> str | None:
             jobs = [
                 k.decode().split(":")[2]
                 for k in producer.tracker.r.keys("ris:job:*")
                 if k.count(b":") == 2
             ]
-            job = next(
+            return next(
                 (
                     j
                     for j in jobs
@@ -435,8 +431,8 @@ def test_redis_restart_during_a_job(cluster: Cluster, photos: Path, tmp_path: Pa
                 ),
                 None,
             )
-            time.sleep(0.05)
-        assert job, "no running job seen"
+
+        job = wait_until(running_job, 60, "a running job seen", every_s=0.05)
         cluster.stop_redis()
         time.sleep(3)
         cluster.start_redis()

@@ -14,9 +14,15 @@ import pytest
 from PIL import Image
 
 from ris.common.store import path_id
-from ris.producer.grid import _CAPTION, _PAD, _TILE
-from tests.conftest import Backend
-from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli, start_worker, stop_worker
+from ris.producer.grid import TILE, TILE_BACKGROUND, tile_origin
+from tests.helpers import (
+    WORKERS_HONOUR_PERMISSIONS,
+    Backend,
+    run_cli,
+    start_worker,
+    stop_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -132,15 +138,14 @@ def test_new_images_reach_the_server_without_deletes(
     assert f"{n} indexed, 0 unchanged, 0 failed" in proc.stdout
     store = backend.producer.store_for(collection)
     collection_id = store.client.describe_collection(collection)["collection_id"]
-    deadline = time.monotonic() + 30
-    while (
-        _consumed(
-            metrics := requests.get(server.metrics_url, timeout=10).text, collection_id, "insert"
-        )
-        == 0
-    ):
-        assert time.monotonic() < deadline, "the server's data node consumed no insert"
-        time.sleep(0.5)
+    wait_until(
+        lambda: _consumed(
+            requests.get(server.metrics_url, timeout=10).text, collection_id, "insert"
+        ),
+        30,
+        "the server's data node consuming an insert",
+        every_s=0.5,
+    )
     time.sleep(2)  # an upsert's delete travels with its insert
     metrics = requests.get(server.metrics_url, timeout=10).text
     assert _consumed(metrics, collection_id, "delete") == 0
@@ -255,8 +260,8 @@ def test_search_no_wait_then_result_with_grid(
         drawn = np.asarray(img.convert("RGB"), np.float32)
     for k, path in enumerate(cells):
         row, column = divmod(k, 6)
-        y, x = _PAD + row * (_TILE + _CAPTION + _PAD), _PAD + column * (_TILE + _PAD)
-        tile = drawn[y : y + _TILE, x : x + _TILE]
+        x, y = tile_origin(row, column)
+        tile = drawn[y : y + TILE, x : x + TILE]
         # Photos differ by 29 to 157 on this scale; a tile of its own photo by under 1.
         assert np.abs(tile - _expected_tile(path)).mean() < 5, (k, path)
 
@@ -267,9 +272,9 @@ def _expected_tile(path: str) -> np.ndarray:
     with Image.open(path) as img:
         rgba = img.convert("RGBA")
     picture = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    picture.thumbnail((_TILE, _TILE))
-    tile = Image.new("RGB", (_TILE, _TILE), (235, 235, 235))
-    tile.paste(picture, ((_TILE - picture.width) // 2, (_TILE - picture.height) // 2))
+    picture.thumbnail((TILE, TILE))
+    tile = Image.new("RGB", (TILE, TILE), TILE_BACKGROUND)
+    tile.paste(picture, ((TILE - picture.width) // 2, (TILE - picture.height) // 2))
     return np.asarray(tile, np.float32)
 
 

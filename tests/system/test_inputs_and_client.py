@@ -29,7 +29,7 @@ from ris.common.contracts import IngestChunk
 from ris.common.store import path_id
 from ris.producer.local_redis import start_redis
 from tests.cluster import IsolatedCluster
-from tests.helpers import ROOT, free_port, run_cli, start_worker, stop_worker
+from tests.helpers import ROOT, run_cli, start_worker, stop_worker, wait_until
 
 SOFT_LIMIT_S = 15
 
@@ -295,24 +295,6 @@ def test_result_of_an_unknown_id_is_an_error_at_once(io: IoCluster, photos: Path
     assert "not answered within 2 s" in out.stderr
 
 
-# --- 10: Redis down ------------------------------------------------------------------------
-@pytest.mark.unit
-@pytest.mark.parametrize("command", ["ingest", "status", "search"])
-def test_redis_down_is_one_line_within_seconds(command: str, photos: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = {"RIS_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}
-    image = str(next(iter(sorted(photos.iterdir()))))
-    args = {"ingest": [image], "status": ["somejob"], "search": [image]}[command]
-    started = time.monotonic()
-    out = run_cli(command, *args, env=env, check=False, timeout=60)
-    assert time.monotonic() - started < 15
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    assert lines == [lines[0]] and "Traceback" not in out.stderr, out.stderr
-    assert f"Redis at redis://127.0.0.1:{port}/0 is unreachable" in lines[0]
-    assert "hunter2" not in out.stdout + out.stderr
-
-
 # --- 11: interrupted enqueue ---------------------------------------------------------------
 def test_a_chunk_sent_twice_is_processed_once(io: IoCluster, photos: Path, tmp_path: Path) -> None:
     folder = tmp_path / "d"
@@ -348,10 +330,14 @@ def test_ctrl_c_while_enqueueing_reports_and_resumes_exactly(io: IoCluster, tmp_
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while (producer.tracker.resume_point(job) or (0, 0))[0] < 3:
-        assert cli.poll() is None and time.monotonic() < deadline, "enqueue not seen"
-        time.sleep(0.005)
+
+    def three_chunks_enqueued() -> bool:
+        if (producer.tracker.resume_point(job) or (0, 0))[0] >= 3:
+            return True
+        assert cli.poll() is None, "enqueue not seen"
+        return False
+
+    wait_until(three_chunks_enqueued, 60, "three chunks enqueued", every_s=0.005)
     cli.send_signal(signal.SIGINT)
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 130, out + err

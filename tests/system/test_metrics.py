@@ -1,8 +1,8 @@
-"""Prometheus metrics (ris.common.metrics): failure reasons map to bounded classes; a real worker's
-``/metrics`` (prefork: its pool's counts summed) parses, holds no path or id label, and counts
-what an ingest did; ``ris serve``'s ``/metrics`` wants the token, counts requests by route
-template and serves queue gauges equal to the Redis list lengths; a real Prometheus server
-scrapes a worker and ``ris serve`` during an ingest."""
+"""Prometheus metrics on real processes: a real worker's ``/metrics`` (prefork: its pool's
+counts summed) parses, holds no path or id label, and counts what an ingest did; ``ris serve``'s
+``/metrics`` wants the token, counts requests by route template and serves queue gauges equal
+to the Redis list lengths; a real Prometheus server scrapes a worker and ``ris serve`` during
+an ingest."""
 
 from __future__ import annotations
 
@@ -20,30 +20,9 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ris.common.metrics import reason_class
 from ris.producer.client import Producer
 from tests.api_server import Server, start_server
 from tests.helpers import ROOT, free_port, settings_for, stop_worker, wait_until
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("reason", "label"),
-    [
-        ("empty file (0 bytes)", "decode"),
-        ("corrupt or truncated image: image file is truncated (65 bytes not processed)", "decode"),
-        ("not an image (unrecognised format)", "decode"),
-        ("image too large: 20000x20000 = 400,000,000 pixels exceeds the limit", "too_large"),
-        ("[Errno 2] No such file or directory: '/x.jpg'", "missing"),
-        ("broken symbolic link", "missing"),
-        ("not indexed: time limit of 600 s exceeded (RIS_TASK_SOFT_TIME_LIMIT_S)", "time_limit"),
-        ("not indexed: the task is for Milvus http://a:19530, but this worker uses b", "refused"),
-        ("not indexed: MilvusException: (code=2, message=Fail connecting)", "store"),
-        ("something nobody foresaw", "other"),
-    ],
-)
-def test_failure_reasons_map_to_a_bounded_set(reason: str, label: str) -> None:
-    assert reason_class(reason) == label
 
 
 def scrape(port: int, token: str | None = None) -> dict[str, float]:

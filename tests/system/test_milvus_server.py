@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from ris.common.contracts import ImageRow
 from ris.common.settings import Settings
 from ris.common.store import ImageStore
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_until
 from tests.milvus_server import MilvusServer, sealed_segments
 
 DIM = 1280
@@ -43,13 +42,19 @@ def _clustered_unit_vectors(rng: np.random.Generator, n: int, clusters: int) -> 
 
 def _wait_indexed(store: ImageStore, rows: int, timeout: float = 180) -> None:
     """Until Milvus reports every row in the vector index (not searched brute force)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    desc: dict = {}
+
+    def built() -> bool:
+        nonlocal desc
         desc = store.client.describe_index(store.name, "vector")
-        if int(desc.get("indexed_rows", 0)) >= rows and int(desc.get("pending_index_rows", 0)) == 0:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"index of {store.name} not built in {timeout} s: {desc}")
+        return (
+            int(desc.get("indexed_rows", 0)) >= rows and int(desc.get("pending_index_rows", 0)) == 0
+        )
+
+    try:
+        wait_until(built, timeout, every_s=0.5)
+    except TimeoutError:
+        raise TimeoutError(f"index of {store.name} not built in {timeout} s: {desc}") from None
 
 
 @pytest.mark.parametrize(
@@ -150,12 +155,12 @@ def test_the_server_keeps_the_deployed_segment_size(milvus_server: MilvusServer)
                 new_ids=set(batch),
             )
         store.flush()
-        deadline = time.monotonic() + 120  # until the query node serves them all sealed
-        while True:
+
+        def all_sealed() -> list[int] | None:
             sealed = [n for n, _ in sealed_segments(store) or []]
-            if sum(sealed) >= rows or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+            return sealed if sum(sealed) >= rows else None
+
+        sealed = wait_until(all_sealed, 120, "the query node serving every row sealed", every_s=0.5)
         assert sealed == [rows]
     finally:
         store.drop()

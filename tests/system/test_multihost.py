@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from ris.common.celery_app import make_app
 from ris.common.jobs import JobProgress, JobTracker, redis_client
 from ris.common.settings import Settings, get_settings
-from tests.helpers import UNPRIVILEGED
+from tests.helpers import UNPRIVILEGED, wait_until
 from tests.netns import Hosts, NamespacesUnavailable, nfqueue_unavailable
 
 REDIS_PORT = 6379
@@ -96,21 +96,17 @@ class Cluster:
             env=self.env,
             log=self.root / f"{host}.log",
         )  # fmt: skip
-        assert self.wait_answers(host, timeout_s), f"worker {host} did not start"
+        wait_until(lambda: self.answers(host), timeout_s, f"worker {host} started", every_s=0.3)
 
-    def wait_answers(self, host: str, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.workers[host].poll() is None, f"worker {host} exited"
-            with self.hosts.inside("prod"):
-                try:
-                    replies = self.app.control.ping(timeout=0.5) or []
-                except Exception:  # a connection broken by a fault: ping again
-                    replies = []
-            if any(name.split("@")[0] == host for reply in replies for name in reply):
-                return True
-            time.sleep(0.3)
-        return False
+    def answers(self, host: str) -> bool:
+        """Whether ``host``'s worker answers a ping from ``prod`` (it must still run)."""
+        assert self.workers[host].poll() is None, f"worker {host} exited"
+        with self.hosts.inside("prod"):
+            try:
+                replies = self.app.control.ping(timeout=0.5) or []
+            except Exception:  # a connection broken by a fault: ping again
+                replies = []
+        return any(name.split("@")[0] == host for reply in replies for name in reply)
 
     def ensure_workers(self) -> None:
         """Every worker running and reachable: a test that failed mid-fault leaves no
@@ -145,14 +141,19 @@ class Cluster:
             env={**self.env, **env},
             log=out,
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def printed_job_id() -> str | None:
             found = re.search(r"job (\S+): enqueueing", out.read_text())
             if found:
-                return Job(found.group(1), collection, proc, out, time.monotonic())
+                return found.group(1)
             assert proc.poll() is None, out.read_text()
-            time.sleep(0.1)
-        raise TimeoutError(f"ris ingest printed no job id: {out.read_text()}")
+            return None
+
+        try:
+            job_id = wait_until(printed_job_id, 60)
+        except TimeoutError:
+            raise TimeoutError(f"ris ingest printed no job id: {out.read_text()}") from None
+        return Job(job_id, collection, proc, out, time.monotonic())
 
     def progress(self, job_id: str) -> JobProgress | None:
         """The job's progress read from ``prod``; None while Redis cannot be reached."""
@@ -165,21 +166,21 @@ class Cluster:
     def wait_finished(self, job_id: str, timeout_s: float) -> float:
         """Seconds until the job is finished, read from ``prod`` (reading sends nothing)."""
         started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
+
+        def finished() -> bool:
             p = self.progress(job_id)
-            if p is not None and p.finished:
-                return time.monotonic() - started
-            time.sleep(0.1)
-        raise TimeoutError(f"job {job_id} not finished within {timeout_s:g} s")
+            return p is not None and p.finished
+
+        wait_until(finished, timeout_s, f"job {job_id} finished")
+        return time.monotonic() - started
 
     def wait_processed(self, job_id: str, at_least: int, timeout_s: float = 120) -> JobProgress:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def processed() -> JobProgress | None:
             p = self.progress(job_id)
-            if p is not None and p.processed >= at_least:
-                return p
-            time.sleep(0.05)
-        raise TimeoutError(f"job {job_id}: fewer than {at_least} paths processed")
+            return p if p is not None and p.processed >= at_least else None
+
+        what = f"job {job_id}: {at_least} paths processed"
+        return wait_until(processed, timeout_s, what, every_s=0.05)
 
     def probe(self, host: str, images: list[str], since: float) -> float:
         """Send a one-chunk job to ``host``'s own queue; seconds from ``since`` until it is
@@ -190,16 +191,16 @@ class Cluster:
 
             producer = Producer(self.settings())
             job_id = producer.ingest(images, queue=host, collection=collection)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def finished() -> JobProgress | None:
             p = self.progress(job_id)
-            if p is not None and p.finished:
-                took = time.monotonic() - since
-                failures = self.failures(job_id)
-                assert p.indexed == len(images) and not failures, failures
-                return took
-            time.sleep(0.1)
-        raise TimeoutError(f"worker {host} took no work for 120 s")
+            return p if p is not None and p.finished else None
+
+        p = wait_until(finished, 120, f"worker {host} taking work")
+        took = time.monotonic() - since
+        failures = self.failures(job_id)
+        assert p.indexed == len(images) and not failures, failures
+        return took
 
     def check_exactly_once(self, job: Job, paths: list[str]) -> JobProgress:
         """Every path indexed exactly once, the job's counts exact; its final progress."""
@@ -312,10 +313,7 @@ def _job_under_way_on_w1(cluster: Cluster, paths: list[str], *args: str) -> Job:
     """Start a job in chunks of 30 (a worker is inside one for a while, so a fault lands
     mid-chunk) and return once worker 1 holds one of them."""
     job = cluster.ingest(_folder(paths), _collection(), "cpu", *args, RIS_CHUNK_SIZE="30")
-    deadline = time.monotonic() + 120
-    while not cluster.active("w1"):
-        assert time.monotonic() < deadline, "worker 1 never took a chunk"
-        time.sleep(0.05)
+    wait_until(lambda: cluster.active("w1"), 120, "worker 1 taking a chunk", every_s=0.05)
     return job
 
 
@@ -347,7 +345,7 @@ def test_busy_worker_partitioned_90s_then_healed(cluster: Cluster, images: Calla
     assert finished <= FINISH_MARGIN_S
     if back > HEALED_TAKES_WORK_S and _chunk_outlasted_cut(cluster.root / "w1.log", job.job_id):
         # Known gap: a chunk cut off inside a Milvus write waits out that call's deadline
-        # (RIS_MILVUS_TIMEOUT_S x (1 + rows / 100), common/store.py) and then a reconnect
+        # (RIS_MILVUS_TIMEOUT_S x (1 + rows / 100), common/store/collection.py) and then a reconnect
         # before it is retried; pymilvus fixes its gRPC channel options, so the dead
         # connection is not noticed sooner. Recorded, not hidden: a worker late for any other
         # reason still fails.

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.api_server import start_server, wait_job
 from tests.helpers import WORKERS_HONOUR_PERMISSIONS, run_cli
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -85,8 +86,6 @@ def test_bad_filter_is_one_clear_line(library: dict[str, object], photos: Path) 
 
 
 def test_api_search_takes_the_same_filters(library: dict[str, object], tmp_path: Path) -> None:
-    from tests.test_api import start_server
-
     root, env = Path(str(library["root"])), dict(library["env"])  # type: ignore[call-overload]
     server = start_server("127.0.0.1", tmp_path / "api.log", env)
     try:
@@ -326,8 +325,6 @@ def test_sync_on_a_collection_created_before_the_stat_fields(tmp_path: Path, pho
 
 
 def test_api_sync(tmp_path: Path, photos: Path) -> None:
-    from tests.test_api import start_server, wait_job
-
     env = _collection_env() | {"RIS_ALLOWED_ROOTS": str(tmp_path)}
     root = tmp_path / "api sync"
     root.mkdir()

@@ -20,8 +20,6 @@ from ris.producer import cli, reports
 from ris.producer.interrupts import first_interrupt_stops
 from tests.helpers import ROOT, free_port
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:

@@ -10,15 +10,14 @@ import pytest
 
 from ris.common.settings import Settings
 from ris.common.settings_doc import COMMAND, render, sections
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # [text](target) and ![alt](target); the target up to a space (a title) or the parenthesis.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 
 
-@pytest.mark.unit
 def test_every_setting_has_a_description() -> None:
     missing = [
         name for name, f in Settings.model_fields.items() if not (f.description or "").strip()
@@ -26,14 +25,12 @@ def test_every_setting_has_a_description() -> None:
     assert not missing, f"Settings fields without Field(description=...): {missing}"
 
 
-@pytest.mark.unit
 def test_every_setting_is_in_a_section() -> None:
     listed = [name for _, names in sections() for name in names]
     assert sorted(listed) == sorted(Settings.model_fields)
     assert "other" not in [title for title, _ in sections()], "a field above the first section"
 
 
-@pytest.mark.unit
 def test_configuration_doc_is_generated_from_the_settings() -> None:
     page = ROOT / "docs" / "configuration.md"
     assert page.exists(), f"docs/configuration.md is missing: run `{COMMAND}`"
@@ -48,12 +45,10 @@ def _links(page: Path) -> list[str]:
     return LINK.findall(text)
 
 
-@pytest.mark.unit
 def test_the_link_check_sees_links() -> None:
     assert "docs/architecture.md" in _links(ROOT / "README.md")
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_reach_files(page: Path) -> None:
     broken = []

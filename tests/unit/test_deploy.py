@@ -31,9 +31,8 @@ import pytest
 import yaml
 
 from ris.common.settings import Settings
-from tests.helpers import compose_command
+from tests.helpers import ROOT, compose_command
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("cpu", "gpu")
 # Schemas of this Kubernetes version (kubernetes-validate bundles 1.25 to 1.37).
@@ -137,9 +136,6 @@ REDIS_AUTH_PARAMETERS = {
     "keyPassword",
 }
 KEDA_API = "keda.sh/v1alpha1"
-
-# Files and tools only: no Redis, Milvus or worker.
-pytestmark = pytest.mark.unit
 
 
 # --- tools -------------------------------------------------------------------------------

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from ris.common.duplicates import group_pairs, pair_set
-
-pytestmark = pytest.mark.unit
 
 
 def test_union_find_joins_transitively() -> None:

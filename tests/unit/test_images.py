@@ -12,8 +12,6 @@ from PIL import Image
 from ris.common.images import DecodedImage, ImageError, decode, normalise, open_rgb
 from ris.common.models import get_spec
 
-pytestmark = pytest.mark.unit
-
 SPEC = get_spec("efficientnet-lite0")
 LIMIT = 100_000_000
 

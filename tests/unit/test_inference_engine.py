@@ -1,29 +1,25 @@
-"""The GPU worker's design, exercised on the CPU with the same code (RIS_RUNTIME=torch): one
-thread runs the model whatever runs around it, batches fill across tasks, decoding in
-processes, uint8 input, chunk and batch sizes per queue."""
+"""The GPU worker's inference engine, exercised on the CPU with the same code
+(RIS_RUNTIME=torch), without any service: one thread runs the model whatever runs around it,
+batches fill across tasks, a stuck model call is a timeout, files are loaded and decoded in
+processes, uint8 input."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
 from ris.common.images import decode, normalise
 from ris.common.models import get_spec
 from ris.common.settings import Settings, get_settings
-from ris.producer.client import Producer
 from ris.workers.embedder import Embedder
 from ris.workers.inference import InferenceEngine
 from ris.workers.loading import Item
 from ris.workers.networks import load_network
 from ris.workers.pipeline import EmbeddingPipeline
-from tests.helpers import start_worker, stop_worker
 
 SPEC = get_spec("efficientnet-lite0")
 
@@ -45,21 +41,17 @@ DEVICES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def items(photos: Path) -> list[Item]:
-    return [Item(str(p), p.read_bytes()) for p in sorted(photos.iterdir())]
-
-
-@pytest.mark.unit
 @pytest.mark.parametrize("device", DEVICES)
 def test_uint8_input_matches_the_float_path_within_1e_3_cosine(
-    items: list[Item], device: str
+    photo_items: list[Item], device: str
 ) -> None:
     """Images travel as uint8 and are normalised where the model runs (on the GPU there):
     the vectors equal those of the float32 input the model was always given."""
     import torch
 
-    images = np.stack([decode(item.data, SPEC.input_size, 10**8).pixels for item in items[:8]])
+    images = np.stack(
+        [decode(item.data, SPEC.input_size, 10**8).pixels for item in photo_items[:8]]
+    )
     model = load_network(SPEC).eval()
     with torch.inference_mode():
         reference = model(torch.from_numpy(normalise(images, SPEC.mean, SPEC.std))).numpy()
@@ -70,9 +62,10 @@ def test_uint8_input_matches_the_float_path_within_1e_3_cosine(
         assert np.min(np.sum(vectors * reference, axis=1)) > 1 - 1e-3, runtime
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("device", DEVICES)
-def test_the_model_runs_on_one_thread_whatever_calls_it(items: list[Item], device: str) -> None:
+def test_the_model_runs_on_one_thread_whatever_calls_it(
+    photo_items: list[Item], device: str
+) -> None:
     """Four decoding threads, two decoding processes and three concurrent chunks: every model
     call still runs on the engine's one thread (torch on CUDA pays cuDNN's set-up on each new
     thread: 53 instead of 7,936 images/s)."""
@@ -83,19 +76,18 @@ def test_the_model_runs_on_one_thread_whatever_calls_it(items: list[Item], devic
     def chunk(part: list[Item]) -> None:
         outcomes.append([r.error for r in pipeline(part)])
 
-    threads = [threading.Thread(target=chunk, args=(items[i::3],)) for i in range(3)]
+    threads = [threading.Thread(target=chunk, args=(photo_items[i::3],)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert sorted(len(o) for o in outcomes) == sorted(len(items[i::3]) for i in range(3))
+    assert sorted(len(o) for o in outcomes) == sorted(len(photo_items[i::3]) for i in range(3))
     assert all(error is None for o in outcomes for error in o)
     engine = pipeline.engine
     assert engine.embedder.call_threads == {engine._thread.ident}
     assert engine._thread.ident != threading.get_ident()
 
 
-@pytest.mark.unit
 def test_the_engine_runs_a_full_batch_before_it_takes_work() -> None:
     """The model's first full batch runs when the engine starts, on the engine's thread: on an
     H200 the first chunks of a GPU worker otherwise took 2-3 s longer (allocations, kernels
@@ -108,7 +100,6 @@ def test_the_engine_runs_a_full_batch_before_it_takes_work() -> None:
         engine.close()
 
 
-@pytest.mark.unit
 def test_a_stuck_model_call_is_a_timeout_not_a_hang() -> None:
     """A model call that never returns (a wedged device) fails its caller after the task's
     soft time limit, which Celery's threads pool (a GPU worker's) does not enforce."""
@@ -131,7 +122,6 @@ def test_a_stuck_model_call_is_a_timeout_not_a_hang() -> None:
         engine.close()
 
 
-@pytest.mark.unit
 def test_a_file_is_stat_ed_where_it_is_loaded_and_not_read_when_its_stat_matches(
     tmp_path: Path, photos: Path
 ) -> None:
@@ -156,7 +146,6 @@ def test_a_file_is_stat_ed_where_it_is_loaded_and_not_read_when_its_stat_matches
     assert (again.unchanged, again.sha256, again.stat) == (True, read.sha256, stat)
 
 
-@pytest.mark.unit
 def test_batches_fill_across_concurrent_requests() -> None:
     """Two tasks' windows of 4 images each become one model call of RIS_BATCH_SIZE=8."""
     engine = InferenceEngine(_torch_cpu(batch_size=8, batch_wait_ms=500))
@@ -182,86 +171,8 @@ def test_batches_fill_across_concurrent_requests() -> None:
         engine.close()
 
 
-def test_chunk_and_batch_sizes_follow_the_queue_and_device(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str
-) -> None:
-    monkeypatch.setenv("RIS_DEVICE", "cuda")
-    cuda = Settings()
-    assert (cuda.batch_size, cuda.worker_pool) == (128, "threads")
-    assert cuda.decode_processes >= 1
-    monkeypatch.setenv("RIS_BATCH_SIZE", "64")
-    assert Settings().batch_size == 64  # RIS_BATCH_SIZE means what it says
-    monkeypatch.delenv("RIS_DEVICE")
-    cpu = Settings()
-    assert (cpu.decode_processes, cpu.worker_pool) == (0, "prefork")
-
-    # The producer cuts a job into chunks of the queue's size: count the messages it sends.
-    queues = [f"q{uuid.uuid4().hex[:6]}", f"gpu{uuid.uuid4().hex[:6]}"]
-    settings = get_settings().model_copy(
-        update={"queues": queues, "chunk_size": 2, "gpu_chunk_size": 3}
-    )
-    producer = Producer(settings)
-    r = redis.Redis.from_url(redis_url)
-    try:
-        for queue, chunks in zip(queues, (4, 3), strict=True):
-            producer.ingest([f"/nonexistent/{i}.jpg" for i in range(7)], queue=queue)
-            assert r.llen(queue) == chunks
-    finally:
-        r.delete(*queues)
-
-
-def test_a_threads_pool_worker_with_decoding_processes_indexes_a_job(
-    photos: Path, tmp_root: Path
-) -> None:
-    """The GPU worker's configuration (threads pool, tasks in flight, decoding processes,
-    torch) on the CPU: every image indexed once, and the original is the top match."""
-    queue = "bulk"
-    env = {
-        "RIS_QUEUES": f"cpu,gpu,{queue}",
-        "RIS_WORKER_POOL": "threads",
-        "RIS_DECODE_PROCESSES": "2",
-        "RIS_RUNTIME": "torch",
-        "RIS_BATCH_SIZE": "16",
-        "RIS_COLLECTION": f"threads_{uuid.uuid4().hex[:6]}",
-    }
-    proc = start_worker(queue, f"threads-{uuid.uuid4().hex[:4]}@%h", env, tmp_root / "threads.log")
-    try:
-        settings = get_settings().model_copy(
-            update={
-                "queues": ["cpu", "gpu", queue],
-                "chunk_size": 4,
-                "collection": env["RIS_COLLECTION"],
-            }
-        )
-        producer = Producer(settings)
-        images = sorted(str(p) for p in photos.iterdir())
-        job = producer.ingest(images, queue=queue)
-        progress = producer.wait(job, timeout_s=300)
-        assert (progress.indexed, progress.failed) == (len(images), 0)
-        assert producer.store.count() == len(images)
-        hits = producer.collect(producer.submit_query(images[3], top_k=2, queue=queue)).hits
-        assert hits[0].path == images[3] and hits[0].score > 0.999
-    finally:
-        stop_worker(proc)
-    assert proc.returncode is not None
-    log = (tmp_root / "threads.log").read_text()
-    assert "threads pool of 8" in log and "2 decoding process(es)" in log, log[-2000:]
-    # The decoding processes died with their worker.
-    ps = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
-    assert not [p for p in ps.stdout.split() if _parent_is(int(p), proc.pid)]
-
-
-def _parent_is(pid: int, parent: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return int(stat.rsplit(")", 1)[1].split()[1]) == parent
-
-
-@pytest.mark.unit
 def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
-    items: list[Item],
+    photo_items: list[Item],
 ) -> None:
     """Files read, hashed and decoded in the decoding processes (pixels back through shared
     memory) equal those loaded in this thread; a decoding process SIGKILLed between calls is
@@ -273,7 +184,7 @@ def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     from ris.workers.loading import load
 
     settings = get_settings()
-    paths = [Item(item.key) for item in items]
+    paths = [Item(item.key) for item in photo_items]
     here = [load(item, settings, SPEC.input_size) for item in paths]
     there = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
     for a, b in zip(here, there, strict=True):
@@ -292,29 +203,3 @@ def test_decoding_processes_load_like_the_worker_and_survive_a_killed_process(
     again = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
     assert [x.error for x in again] == [None] * len(paths)
     assert [x.sha256 for x in again] == [x.sha256 for x in here]
-
-
-def test_stuck_decoding_processes_are_a_timeout_and_replaced(items: list[Item]) -> None:
-    """Decoding processes that never answer (SIGSTOPped here; a hung network mount in life)
-    fail the call after the task's soft time limit instead of holding a threads-pool task
-    forever; they are killed, and the next call gets new ones."""
-    import os
-    import signal
-
-    from ris.workers import decode_pool
-
-    settings = get_settings().model_copy(update={"task_soft_time_limit_s": 2.0})
-    paths = [Item(item.key) for item in items]
-    decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)  # the pool is up
-    pool = decode_pool._pool
-    assert pool is not None
-    stopped = list(pool.executor._processes)
-    for pid in stopped:
-        os.kill(pid, signal.SIGSTOP)
-    started = time.monotonic()
-    with pytest.raises(TimeoutError, match="decoding processes gave no answer in 2 s"):
-        decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
-    assert time.monotonic() - started < 15
-    again = decode_pool.load_in_processes(paths, settings, SPEC.input_size, 2)
-    assert [x.error for x in again] == [None] * len(paths)
-    assert not set(stopped) & set(decode_pool._pool.executor._processes)  # type: ignore[union-attr]

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from ris.producer.inputs import expand_inputs
-
-pytestmark = pytest.mark.unit
 
 
 def _tree(root: Path) -> None:

@@ -1,4 +1,6 @@
-"""The real model (ONNX export against torch) and the real Milvus collection's guarantees."""
+"""The real model without any service: its ONNX export against torch (cached, then run without
+torch), half precision, an unknown model's error; path ids; and the index settings a Milvus
+back end allows."""
 
 from __future__ import annotations
 
@@ -7,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ris.common.contracts import ImageRow
-from ris.common.errors import SchemaMismatchError
 from ris.common.images import decode, normalise
 from ris.common.models import get_spec
 from ris.common.settings import Settings, get_settings
-from ris.common.store import ImageStore, path_id
+from ris.common.store import path_id
 from ris.workers.export import export_onnx
 from ris.workers.networks import load_network
 
@@ -26,7 +26,6 @@ def batch(photos: Path) -> np.ndarray:
     )
 
 
-@pytest.mark.unit
 def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
     from ris.workers.embedder import Embedder
 
@@ -41,7 +40,6 @@ def test_onnx_export_matches_torch(batch: np.ndarray) -> None:
     assert np.max(sims[~np.eye(4, dtype=bool)]) < 0.9
 
 
-@pytest.mark.unit
 def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray) -> None:
     """The model survives half precision (no overflow, small rounding), computed on the CPU:
     what the GPU worker's fp16 relies on, checked on every machine."""
@@ -59,7 +57,6 @@ def test_fp16_weights_and_activations_stay_within_1e_2_cosine(batch: np.ndarray)
     assert np.min(np.sum(fp32 * fp16, axis=1)) > 1 - 1e-2
 
 
-@pytest.mark.unit
 def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> None:
     import torch
 
@@ -73,7 +70,6 @@ def test_fp16_on_cuda_stays_within_1e_2_cosine_of_fp32(batch: np.ndarray) -> Non
     assert np.min(np.sum(fp32 * fp16, axis=1)) > 1 - 1e-2
 
 
-@pytest.mark.unit
 def test_onnx_export_is_cached_and_then_runs_without_torch(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -96,28 +92,17 @@ def test_onnx_export_is_cached_and_then_runs_without_torch(tmp_path: Path) -> No
     assert proc.stdout.strip() == "(2, 1280) []", proc.stdout + proc.stderr
 
 
-@pytest.mark.unit
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         get_spec("vgg")
 
 
-@pytest.mark.unit
 def test_path_id_is_stable_and_positive() -> None:
     assert path_id("/data/a.jpg") == path_id("/data/a.jpg")
     assert path_id("/data/a.jpg") != path_id("/data/b.jpg")
     assert 0 <= path_id("/data/a.jpg") < 2**63
 
 
-def test_collection_refuses_another_model() -> None:
-    settings: Settings = get_settings().model_copy(update={"collection": "test_identity"})
-    store = ImageStore(settings, "efficientnet-lite0", 1280)
-    with pytest.raises(SchemaMismatchError, match="efficientnet-lite0"):
-        ImageStore(settings, "resnet50", 2048)
-    store.drop()
-
-
-@pytest.mark.unit
 def test_milvus_lite_refuses_server_only_index_types() -> None:
     from pydantic import ValidationError
 
@@ -128,7 +113,6 @@ def test_milvus_lite_refuses_server_only_index_types() -> None:
     assert Settings(milvus_uri="http://milvus:19530", index_type="HNSW").index_type == "HNSW"
 
 
-@pytest.mark.unit
 def test_index_parameters_follow_the_index_type() -> None:
     server = "http://milvus:19530"
     hnsw = Settings(milvus_uri=server, index_type="HNSW")
@@ -137,23 +121,3 @@ def test_index_parameters_follow_the_index_type() -> None:
     assert Settings(milvus_uri=server, index_type="FLAT").search_params == {}
     tuned = Settings(milvus_uri=server, index_type="IVF_SQ8", search_params={"nprobe": 8})
     assert (tuned.index_params, tuned.search_params) == ({"nlist": 1024}, {"nprobe": 8})
-
-
-def test_refused_index_is_an_error_and_a_later_run_indexes_the_collection() -> None:
-    """Over http:// nothing tells a Lite server from a standalone one: Milvus Lite refuses
-    HNSW at index creation, which must fail loudly, never leave an unsearchable collection."""
-    from ris.common.store import milvus_uri
-
-    base = {"milvus_uri": milvus_uri(get_settings()), "collection": "test_refused_index"}
-    with pytest.raises(SchemaMismatchError, match=r"refused index HNSW .*local mode"):
-        ImageStore(Settings(**base, index_type="HNSW"), "efficientnet-lite0", 4)
-    store = ImageStore(Settings(**base, index_type="IVF_FLAT"), "efficientnet-lite0", 4)
-    try:
-        vectors = np.eye(4, dtype=np.float32)
-        fields = {"sha256": "0" * 64, "width": 1, "height": 1, "ingested_at": 0}
-        rows = [ImageRow(id=i, vector=v, path=f"/{i}", **fields) for i, v in enumerate(vectors)]
-        store.upsert(rows)
-        store.flush()
-        assert [hits[0][0] for hits in store.search(vectors, 1)] == [0, 1, 2, 3]
-    finally:
-        store.drop()
