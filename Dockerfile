@@ -34,7 +34,10 @@ ARG EXTRA=worker
 # torch first, from the index that matches the hardware (the CPU one is a fraction of the size).
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 RUN pip install -c requirements.lock ".[${EXTRA},s3]"
-RUN python -c "from ris.common.models import export_onnx, get_spec; \
+# The model's ONNX export, baked in: RIS_MODEL at build time picks it (--build-arg MODEL=...).
+ARG MODEL=efficientnet-lite0
+ENV RIS_MODEL=${MODEL}
+RUN python -c "from ris.common.models import get_spec; from ris.workers.export import export_onnx; \
 from ris.common.settings import Settings; s = Settings(); \
 print(export_onnx(get_spec(s.model), s.model_cache_dir))"
 USER ris
