@@ -235,12 +235,35 @@ def _metrics_cost_per_chunk() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def model_figures(
+    cluster: LocalCluster,
+    model: str,
+    paths: list[Path],
+    args: argparse.Namespace,
+    configs: dict[int, dict[str, Any]],
+) -> tuple[float, dict[int, dict[str, float]]]:
+    """Fig. 1 and fig. 3 (each worker configuration) of ``model``."""
+    settings = cluster.new_collection(model=model)
+    ceiling, _ = model_ceiling(settings, paths[: args.ceiling_images], (1, 2, 4, 8, 16, 32))
+    runs = {}
+    for n, extra in configs.items():
+        runs[n] = product_run(cluster, paths[: args.images], n, extra, queue=args.queue)
+        print(f"  fig3, {model}, {n} worker process(es): {runs[n]['rate']:7.1f} images/s")
+    return ceiling, runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--baseline-images", type=int, default=300)
     parser.add_argument("--ceiling-images", type=int, default=512)
     parser.add_argument("--memory-images", type=int, default=10000, help="0 skips the long run")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="more models (comma-separated, e.g. efficientnet-lite0-int8): fig. 1 and fig. 3 of "
+        "each in the same run, with fig. 3's ratio to the first (RIS_MODEL's)",
+    )
     parser.add_argument(
         "--metrics-cost",
         action="store_true",
@@ -279,6 +302,9 @@ def main() -> int:
             print(f"  fig3, {n} worker process(es): {fig3[n]['rate']:7.1f} images/s", flush=True)
         if args.metrics_cost:
             metrics_cost(cluster, paths[: args.images], args.queue)
+        menu = {settings.model: (fig1, fig3)}
+        for model in filter(None, args.models.split(",")):
+            menu[model] = model_figures(cluster, model, paths, args, configs)
         long_run = None
         if args.memory_images:
             long_run = product_run(
@@ -312,6 +338,18 @@ def main() -> int:
         f"More machines scale the model linearly up to about {machines:.0f} machines like this "
         "one; then the single Milvus writer is the bottleneck (use Milvus standalone/cluster)."
     )
+    if len(menu) > 1:
+        base = max(r["rate"] for r in fig3.values())
+        print()
+        print("| model | fig. 1 ceiling | fig. 3, 1 process | fig. 3, 2 processes | best fig. 3 "
+              "x the first |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for model, (ceiling, runs) in menu.items():
+            best = max(r["rate"] for r in runs.values())
+            print(
+                f"| {model} | {ceiling:.1f} | {runs[1]['rate']:.1f} | {runs[2]['rate']:.1f} | "
+                f"{best / base:.2f} |"
+            )
     if long_run:
         growth = long_run.get("rss_end", 0) - long_run.get("rss_start", 0)
         print(

@@ -437,6 +437,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_int8_on_cpu_onnx(self) -> Settings:
+        from ris.common.models import MODELS
+
+        spec = MODELS.get(self.model)
+        if spec and spec.precision == "int8" and (self.runtime, self.device) != ("onnx", "cpu"):
+            raise ValueError(
+                f"{self.model} is an int8 model for CPU workers: it runs on onnxruntime's CPU "
+                f"provider only (RIS_RUNTIME=onnx, RIS_DEVICE=cpu)"
+            )
+        return self
+
     def chunk_size_for(self, queue: str) -> int:
         """Paths per ingest task sent to ``queue``."""
         return self.gpu_chunk_size if is_gpu_queue(queue) else self.chunk_size

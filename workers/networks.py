@@ -1,6 +1,7 @@
 """The networks behind the model registry (:mod:`ris.common.models`): each a pretrained CNN
-cut before its classifier, loaded with torch from weights that ship in wheels (no download),
-and the identity of those weights (a cached export is rebuilt when they change)."""
+cut before its classifier and pooled as its spec says, loaded with torch from weights that ship
+in wheels (no download), and the identity of those weights (a cached export is rebuilt when
+they change)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,24 @@ if TYPE_CHECKING:
     import torch
 
 
-def _efficientnet_lite(variant: int) -> Callable[[], torch.nn.Module]:
-    def load() -> torch.nn.Module:
+# GeM (generalised mean) pooling: the cube root of the mean cube of each channel; a floor
+# keeps the root's gradient and value finite where a channel is all zero (after ReLU6).
+GEM_P = 3.0
+GEM_EPS = 1e-6
+
+
+def _efficientnet_lite(variant: int) -> Callable[[ModelSpec], torch.nn.Module]:
+    def load(spec: ModelSpec) -> torch.nn.Module:
         import torch
         from efficientnet_lite_pytorch import EfficientNet
 
+        # The static TF-'SAME' paddings are built for the input size: the spec's own.
         model = EfficientNet.from_pretrained(
-            f"efficientnet-lite{variant}", weights_path=_lite_weights(variant)
+            f"efficientnet-lite{variant}",
+            weights_path=_lite_weights(variant),
+            image_size=spec.input_size,
         )
+        gem = spec.pooling == "gem"
 
         class Features(torch.nn.Module):
             def __init__(self) -> None:
@@ -29,7 +40,10 @@ def _efficientnet_lite(variant: int) -> Callable[[], torch.nn.Module]:
                 self.net = model
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.net.extract_features(x).mean(dim=(2, 3))
+                f = self.net.extract_features(x)
+                if gem:
+                    return f.clamp(min=GEM_EPS).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+                return f.mean(dim=(2, 3))
 
         return Features().eval()
 
@@ -42,7 +56,7 @@ def _lite_weights(variant: int) -> str:
     return str(cls.get_model_file_path())
 
 
-def _load_resnet50() -> torch.nn.Module:
+def _load_resnet50(spec: ModelSpec) -> torch.nn.Module:
     """ResNet-50 (the original tutorial's model), ImageNet weights from the Hugging Face hub.
 
     Downloads on first use; needs ``pip install 'ris[resnet]'`` and network access.
@@ -63,7 +77,7 @@ def _load_resnet50() -> torch.nn.Module:
     return Features().eval()
 
 
-def _load_raw_pixels() -> torch.nn.Module:
+def _load_raw_pixels(spec: ModelSpec) -> torch.nn.Module:
     """No learned weights: the image averaged down to 16x16 RGB and centred. The baseline that
     shows what a CNN adds (``ris eval``)."""
     import torch
@@ -80,7 +94,7 @@ def _lite_weights_id(variant: int) -> Callable[[], str]:
     return lambda: Path(_lite_weights(variant)).name
 
 
-_NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], str]]] = {
+_NETWORKS: dict[str, tuple[Callable[[ModelSpec], torch.nn.Module], Callable[[], str]]] = {
     **{f"efficientnet-lite{v}": (_efficientnet_lite(v), _lite_weights_id(v)) for v in (0, 1, 2)},
     "resnet50": (_load_resnet50, lambda: "microsoft/resnet-50"),
     "raw-pixels": (_load_raw_pixels, lambda: "none"),
@@ -88,8 +102,8 @@ _NETWORKS: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], str]]] = 
 
 
 def load_network(spec: ModelSpec) -> torch.nn.Module:
-    """``spec``'s network, in eval mode (imports torch)."""
-    return _NETWORKS[spec.network][0]()
+    """``spec``'s network, pooled as it says, in eval mode (imports torch)."""
+    return _NETWORKS[spec.network][0](spec)
 
 
 def weights_id(spec: ModelSpec) -> str:
