@@ -220,7 +220,7 @@ def compare(
     come."""
     from pydantic import SecretStr
 
-    from ris.common.settings import INDEX_DEFAULTS
+    from ris.common.defaults import INDEX_DEFAULTS
     from ris.common.store import milvus_uri
 
     results = []

@@ -236,7 +236,7 @@ def _query_file(path: Path) -> Path:
 
 def _runs(text: str) -> list[tuple[str, str]]:
     """``--runs``: ``back end:index`` pairs, comma-separated."""
-    from ris.common.settings import INDEX_DEFAULTS
+    from ris.common.defaults import INDEX_DEFAULTS
 
     runs = [tuple(run.split(":")) for run in text.split(",")]
     for run in runs:

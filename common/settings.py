@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Metric = Literal["IP", "COSINE", "L2"]
-IndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
-# Milvus refuses a search limit above this.
-MAX_TOP_K = 16384
-LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
-# (build, search) parameters per index type where RIS_INDEX_PARAMS / RIS_SEARCH_PARAMS are unset.
-INDEX_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "FLAT": ({}, {}),
-    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
-    "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 32}),
-    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
-    "AUTOINDEX": ({}, {}),
-}
-
-
-# Defaults that follow RIS_DEVICE where the variable is unset: a GPU wants large batches, many
-# images per task and decoding in processes (threads hold the GIL: 0.44x the processes' rate).
-DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": {"batch_size": 4, "decode_processes": 0, "worker_pool": "prefork"},
-    # Decoding on three cores in four: the rest for the worker's own process, Redis and Milvus
-    # (H200, 16 cores: 12 decoding processes 4,471 images/s end to end, 16 processes 3,824).
-    "cuda": {
-        "batch_size": 128,
-        "decode_processes": max(1, (os.cpu_count() or 1) * 3 // 4),
-        "worker_pool": "threads",
-    },
-}
+from ris.common.defaults import (
+    DEVICE_DEFAULTS,
+    INDEX_DEFAULTS,
+    LITE_INDEX_TYPES,
+    MAX_TOP_K,
+    ColonPaths,
+    CommaList,
+    IndexType,
+    Metric,
+    OptionalSecret,
+)
 
 
 def is_gpu_queue(queue: str) -> bool:
@@ -137,7 +120,7 @@ class Settings(BaseSettings):
         7 * 24 * 3600,
         description="Seconds task results, job progress and job ledgers are kept in Redis.",
     )
-    queues: Annotated[list[str], NoDecode] = Field(
+    queues: CommaList = Field(
         default_factory=lambda: ["cpu", "gpu"],
         description="Queues a worker may consume and a producer may send to (comma-separated). "
         "Queues named `gpu...` are for workers with `RIS_DEVICE=cuda`; add others (e.g. "
@@ -209,9 +192,10 @@ class Settings(BaseSettings):
     # --- model -----------------------------------------------------------------------------
     model: str = Field(
         "efficientnet-lite0",
-        description="The embedding model: `efficientnet-lite0`, `-lite1`, `-lite2`, "
-        "`resnet50` or `raw-pixels` (`common/models.py`). A collection made with another "
-        "model is refused.",
+        description="The embedding model (`common/models.py`): `efficientnet-lite0`, `-lite1`, "
+        "`-lite2`, each also `-int8` (CPU workers: `RIS_RUNTIME=onnx`, `RIS_DEVICE=cpu`), "
+        "`efficientnet-lite0-gem` (384 px, GeM pooling) and its `-int8`, `resnet50` or "
+        "`raw-pixels`. A collection made with another model is refused.",
     )
     runtime: Literal["onnx", "torch"] = Field(
         "onnx",
@@ -282,12 +266,12 @@ class Settings(BaseSettings):
         200 * 1024 * 1024,
         description="Files larger than this are refused, counted while they are read.",
     )
-    allowed_roots: Annotated[list[Path], NoDecode] = Field(
+    allowed_roots: ColonPaths = Field(
         default_factory=list,
         description="Folders workers (and the HTTP API) may read under, colon-separated; empty "
         "means no restriction. Symlinks and `..` are resolved before the check.",
     )
-    allowed_url_prefixes: Annotated[list[str], NoDecode] = Field(
+    allowed_url_prefixes: CommaList = Field(
         default_factory=list,
         description="URL prefixes (http(s)://, s3://...) a worker may fetch, comma-separated. "
         "Empty means any URL while `RIS_ALLOWED_ROOTS` is empty too, and none once it "
@@ -359,7 +343,7 @@ class Settings(BaseSettings):
     # --- HTTP API (ris serve) ----------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Address `ris serve` listens on (`--host`).")
     api_port: int = Field(8000, description="Port `ris serve` listens on (`--port`).")
-    api_token: SecretStr | None = Field(
+    api_token: OptionalSecret = Field(
         None,
         description="Bearer token for `/api/*` (all but `health` and `config`); off loopback "
         "the server refuses to start without one. Empty means none.",
@@ -373,7 +357,7 @@ class Settings(BaseSettings):
         40_000_000,
         description="Query uploads with more pixels are refused (413) before they are decoded.",
     )
-    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+    api_cors_origins: CommaList = Field(
         default_factory=list,
         description="Origins allowed to call the API from their pages (comma-separated); none "
         "means CORS is off.",
@@ -387,27 +371,6 @@ class Settings(BaseSettings):
         "",
         description="The web page's link to Flower; empty: this host on `RIS_FLOWER_PORT`.",
     )
-
-    @field_validator("allowed_roots", mode="before")
-    @classmethod
-    def _split_roots(cls, value: object) -> object:
-        # A colon-separated list, like PATH.
-        if isinstance(value, str):
-            return [Path(p) for p in value.split(":") if p]
-        return value
-
-    @field_validator("api_token", mode="before")
-    @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
-        # RIS_API_TOKEN= (e.g. compose's ${API_TOKEN:-}) means no token, not an empty one.
-        return None if value == "" else value
-
-    @field_validator("queues", "allowed_url_prefixes", "api_cors_origins", mode="before")
-    @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -22,7 +22,8 @@ import annotated_types
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from ris.common.settings import DEVICE_DEFAULTS, INDEX_DEFAULTS, Settings
+from ris.common.defaults import DEVICE_DEFAULTS, INDEX_DEFAULTS
+from ris.common.settings import Settings
 
 COMMAND = "python -m ris.common.settings_doc > docs/configuration.md"
 

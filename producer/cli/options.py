@@ -7,7 +7,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ris.common.settings import MAX_TOP_K, Settings, get_settings
+from ris.common.defaults import MAX_TOP_K
+from ris.common.settings import Settings, get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -7,7 +7,8 @@ from dataclasses import asdict
 
 import click
 
-from ris.common.settings import MAX_TOP_K, Settings
+from ris.common.defaults import MAX_TOP_K
+from ris.common.settings import Settings
 from ris.producer import reports
 from ris.producer.cli.options import TOP_K, json_option, pass_settings, queue_option
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ris.common.settings import MAX_TOP_K, Settings
+from ris.common.defaults import MAX_TOP_K
+from ris.common.settings import Settings
 from ris.producer import reports
 from ris.producer.cli.options import (
     TOP_K,

@@ -14,8 +14,9 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from ris.common.defaults import MAX_TOP_K
 from ris.common.errors import NoWorkerError, RisError, SyncError
-from ris.common.settings import MAX_TOP_K, get_settings
+from ris.common.settings import get_settings
 from ris.producer import cli, reports
 from ris.producer.interrupts import first_interrupt_stops
 from tests.helpers import ROOT, free_port

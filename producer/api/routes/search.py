@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
 from fastapi import Path as PathParam
 
+from ris.common.defaults import MAX_TOP_K
 from ris.common.errors import ImageError, InvalidInput, QueryError, TooLarge
 from ris.common.filters import FilterError, SearchFilter
 from ris.common.metrics import SEARCH_ROUND_TRIP
-from ris.common.settings import MAX_TOP_K
 from ris.producer.api.deps import AccessDep, Collection, ProducerDep, QueueDep, SettingsDep
 from ris.producer.api.imaging import check_image
 from ris.producer.api.schemas import HitOut, TaskOut
