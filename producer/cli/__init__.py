@@ -108,6 +108,12 @@ def missing_extra(command: str, settings: Settings) -> str | None:
     )
 
 
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    # A check across settings (a model validator) has no field of its own.
+    msg = msg.removeprefix("Value error, ")
+    return f"RIS_{'_'.join(map(str, loc)).upper()}: {msg}" if loc else msg
+
+
 def read_settings() -> Settings:
     """The settings from the environment; an invalid one is a RisError naming it."""
     from pydantic import ValidationError
@@ -117,9 +123,7 @@ def read_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"RIS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
         raise RisError(f"invalid setting: {problems}") from None
 
 

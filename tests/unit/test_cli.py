@@ -49,6 +49,19 @@ def test_an_invalid_setting_is_one_line(name: str, value: str) -> None:
     assert line.startswith(f"error: invalid setting: {name}: "), line
 
 
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"RIS_MODEL": "efficientnet-lite0-int8", "RIS_DEVICE": "cuda"}, "int8 model for CPU"),
+        ({"RIS_INDEX_TYPE": "HNSW"}, "index type HNSW needs a Milvus server"),
+    ],
+)
+def test_settings_that_do_not_go_together_are_one_line(env: dict[str, str], reason: str) -> None:
+    line = one_line(ris("status", "some-job", env=env), 1)
+    assert line.startswith("error: invalid setting: "), line
+    assert reason in line and "RIS_:" not in line and "Value error" not in line, line
+
+
 @pytest.mark.parametrize("top_k", ["0", "-1", str(MAX_TOP_K + 1)])
 def test_top_k_out_of_range_is_a_usage_error(tmp_path: Path, top_k: str) -> None:
     line = one_line(ris("search", str(tmp_path / "q.jpg"), "--top-k", top_k), 2)
