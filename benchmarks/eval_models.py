@@ -84,8 +84,7 @@ def main() -> int:
     parser.add_argument(
         "--models",
         default="raw-pixels,efficientnet-lite0,efficientnet-lite0-int8,efficientnet-lite0-gem,"
-        "efficientnet-lite0-gem-int8,efficientnet-lite1,efficientnet-lite1-int8,efficientnet-lite2,"
-        "efficientnet-lite2-int8",
+        "efficientnet-lite0-gem-int8,efficientnet-lite1,efficientnet-lite2",
     )
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=20)

@@ -60,9 +60,9 @@ def make_app(settings: Settings) -> Celery:
             "socket_keepalive_options": keepalive_options(settings),
             "socket_connect_timeout": dead_after,
             "health_check_interval": dead_after,
-            # One reconnect-and-retry per command on a broken connection: an ack that met a
-            # connection broken by a partition would otherwise be lost, and the worker, its
-            # prefetch slot still taken, would never fetch again.
+            # One reconnect-and-retry per command on a broken connection, so that an ack that
+            # met a connection a partition broke reaches Redis once it healed; one that still
+            # fails frees its prefetch slot all the same (ris.workers.broker_acks).
             "retry_on_timeout": True,
         },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},

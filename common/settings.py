@@ -193,9 +193,10 @@ class Settings(BaseSettings):
     model: str = Field(
         "efficientnet-lite0",
         description="The embedding model (`common/models.py`): `efficientnet-lite0`, `-lite1`, "
-        "`-lite2`, each also `-int8` (CPU workers: `RIS_RUNTIME=onnx`, `RIS_DEVICE=cpu`), "
-        "`efficientnet-lite0-gem` (384 px, GeM pooling) and its `-int8`, `resnet50` or "
-        "`raw-pixels`. A collection made with another model is refused.",
+        "`-lite2`, `efficientnet-lite0-gem` (384 px, GeM pooling), the int8 models "
+        "`efficientnet-lite0-int8` and `efficientnet-lite0-gem-int8` (CPU workers: "
+        "`RIS_RUNTIME=onnx`, `RIS_DEVICE=cpu`), `resnet50` or `raw-pixels`. A collection made "
+        "with another model is refused.",
     )
     runtime: Literal["onnx", "torch"] = Field(
         "onnx",

@@ -45,8 +45,11 @@ def run_worker(
         raise SystemExit("a gpu-queue worker needs RIS_DEVICE=cuda (and a CUDA device)")
     if settings.metrics_port:
         _metrics_folder()
+    from ris.workers import broker_acks
     from ris.workers.duties import duties_step
     from ris.workers.tasks import register_tasks
+
+    broker_acks.install()
 
     app = make_app(settings)
     runtime = register_tasks(app, settings)
