@@ -242,14 +242,29 @@ def model_figures(
     args: argparse.Namespace,
     configs: dict[int, dict[str, Any]],
 ) -> tuple[float, dict[int, dict[str, float]]]:
-    """Fig. 1 and fig. 3 (each worker configuration) of ``model``."""
+    """Fig. 1 and fig. 3 (each worker configuration) of ``model``; the cluster's model is
+    RIS_MODEL's again afterwards."""
+    default = cluster.settings.model
     settings = cluster.new_collection(model=model)
     ceiling, _ = model_ceiling(settings, paths[: args.ceiling_images], (1, 2, 4, 8, 16, 32))
+    runs = fig3_runs(cluster, paths[: args.images], configs, args.queue, f"{model}, ")
+    cluster.new_collection(model=default)
+    return ceiling, runs
+
+
+def fig3_runs(
+    cluster: LocalCluster,
+    paths: list[Path],
+    configs: dict[int, dict[str, Any]],
+    queue: str,
+    label: str = "",
+) -> dict[int, dict[str, float]]:
+    """Fig. 3 of each worker configuration (processes -> their settings)."""
     runs = {}
     for n, extra in configs.items():
-        runs[n] = product_run(cluster, paths[: args.images], n, extra, queue=args.queue)
-        print(f"  fig3, {model}, {n} worker process(es): {runs[n]['rate']:7.1f} images/s")
-    return ceiling, runs
+        runs[n] = product_run(cluster, paths, n, extra, queue=queue)
+        print(f"  fig3, {label}{n} worker process(es): {runs[n]['rate']:7.1f} images/s", flush=True)
+    return runs
 
 
 def main() -> int:
@@ -296,10 +311,7 @@ def main() -> int:
             1: {},
             2: {"inference_threads": 1, "decode_threads": 1},
         }
-        fig3 = {}
-        for n, extra in configs.items():
-            fig3[n] = product_run(cluster, paths[: args.images], n, extra, queue=args.queue)
-            print(f"  fig3, {n} worker process(es): {fig3[n]['rate']:7.1f} images/s", flush=True)
+        fig3 = fig3_runs(cluster, paths[: args.images], configs, args.queue)
         if args.metrics_cost:
             metrics_cost(cluster, paths[: args.images], args.queue)
         menu = {settings.model: (fig1, fig3)}
@@ -334,7 +346,7 @@ def main() -> int:
     print(
         f"scaling: one Milvus Lite server takes {upsert_rate:.0f} rows/s in "
         f"{settings.chunk_size}-row upserts, {machines:.0f}x what this machine's workers "
-        f"produce; Redis carries about 12 small commands per {settings.chunk_size}-image chunk. "
+        "produce (Redis's share per chunk: benchmarks/redis_calls.py). "
         f"More machines scale the model linearly up to about {machines:.0f} machines like this "
         "one; then the single Milvus writer is the bottleneck (use Milvus standalone/cluster)."
     )

@@ -13,6 +13,7 @@ from ris.producer.cli.options import (
     collection_option,
     json_option,
     pass_settings,
+    print_lines,
     queue_option,
     quiet_option,
     timeout_option,
@@ -20,11 +21,6 @@ from ris.producer.cli.options import (
 
 if TYPE_CHECKING:
     from ris.common.jobs import JobProgress
-
-
-def _echo(lines: list[str]) -> None:
-    for line in lines:
-        print(line)
 
 
 @click.command()
@@ -102,7 +98,7 @@ def ingest(
         # No worker on the queue: NoWorkerError, reported once the bar is closed.
         progress = producer.wait(job_id, timeout_s=timeout, on_progress=update, queue=queue)
     print(reports.progress_line(progress))
-    _echo(reports.failure_lines(producer.failures(job_id)))
+    print_lines(reports.failure_lines(producer.failures(job_id)))
     return 0
 
 
@@ -136,7 +132,7 @@ def sync(
     if note := stat_note(plan):
         click.echo(f"note: {note}", err=True)
     if dry_run:
-        _echo(reports.sync_preview_lines(plan))
+        print_lines(reports.sync_preview_lines(plan))
         return 0
     done = apply_sync(producer, store, plan, queue, collection)
     print(f"deleted {done.deleted} row(s) of files gone", flush=True)
@@ -148,7 +144,7 @@ def sync(
             done.job_id, timeout_s=timeout, on_progress=lambda p: bar.update(p.processed - bar.n)
         )
     print(reports.progress_line(progress))
-    _echo(reports.failure_lines(producer.failures(done.job_id)))
+    print_lines(reports.failure_lines(producer.failures(done.job_id)))
     return 0
 
 
@@ -173,5 +169,5 @@ def status(settings: Settings, job: str, every_failure: bool, as_json: bool) -> 
         print(json.dumps(reports.status_document(progress, failures), indent=2))
         return 0
     print(reports.progress_line(progress))
-    _echo(reports.failure_lines(failures, limit=None if every_failure else 20))
+    print_lines(reports.failure_lines(failures, limit=None if every_failure else 20))
     return 0

@@ -1,4 +1,5 @@
-"""What several commands share: the settings, the queue and top-k types, common options."""
+"""What several commands share: the settings, the queue and top-k types, common options,
+printing a report."""
 
 from __future__ import annotations
 
@@ -76,6 +77,12 @@ def collection_option(help_text: str) -> Callable[[F], F]:
 def timeout_option(default: float | None, help_text: str | None = None) -> Callable[[F], F]:
     """``--timeout``: seconds to wait at most."""
     return click.option("--timeout", type=float, default=default, help=help_text)
+
+
+def print_lines(lines: list[str]) -> None:
+    """Print a report's lines (:mod:`ris.producer.reports` builds them)."""
+    for line in lines:
+        print(line)
 
 
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="no progress bar")

@@ -10,7 +10,7 @@ import click
 from ris.common.defaults import MAX_TOP_K
 from ris.common.settings import Settings
 from ris.producer import reports
-from ris.producer.cli.options import TOP_K, json_option, pass_settings, queue_option
+from ris.producer.cli.options import TOP_K, json_option, pass_settings, print_lines, queue_option
 
 
 @click.command("eval")
@@ -62,11 +62,11 @@ def evaluate(
         if as_json:
             print(json.dumps({**asdict(nd), "overall": nd.overall}, indent=2))
         else:
-            print("\n".join(reports.near_duplicate_lines(nd)))
+            print_lines(reports.near_duplicate_lines(nd))
         return 0
     report = evaluate_dataset(producer, load_dataset(dataset), dataset, top_k, queue)
     if as_json:
         print(json.dumps(asdict(report), indent=2))
     else:
-        print("\n".join(reports.evaluation_lines(report)))
+        print_lines(reports.evaluation_lines(report))
     return 0

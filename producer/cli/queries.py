@@ -15,6 +15,7 @@ from ris.producer.cli.options import (
     collection_option,
     json_option,
     pass_settings,
+    print_lines,
     queue_option,
     quiet_option,
     timeout_option,
@@ -31,8 +32,7 @@ def _show(results: list[QueryResult], as_json: bool, grid: str | None, settings:
     if as_json:
         print(json.dumps(reports.results_document(results), indent=2))
     else:
-        for line in reports.result_lines(results):
-            print(line)
+        print_lines(reports.result_lines(results))
     if grid:
         from ris.producer.grid import draw_grid
 
@@ -100,8 +100,7 @@ def search(
         )
     if out:
         rows = write_results_csv(results, out)
-        for line in reports.written_results_lines(results, rows, out):
-            print(line)
+        print_lines(reports.written_results_lines(results, rows, out))
         return 1 if any(r.error for r in results) else 0
     return _show(results, as_json, show, settings)
 
@@ -163,6 +162,5 @@ def duplicates(
         write_groups(found, out)
         print(f"groups written to {out}")
     else:
-        for line in reports.group_lines(found.groups):
-            print(line)
+        print_lines(reports.group_lines(found.groups))
     return 0
